@@ -1,0 +1,120 @@
+"""`KGELU`: the λ-GELU activation module with one learnable hardness θ per site (or channel)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .functional import kgelu, lambda_from_theta, theta_from_lambda
+
+DEFAULT_TAU = 0.1
+DEFAULT_LAMBDA_INIT = 1.05
+
+
+def check_tau(tau: float) -> float:
+    if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"τ (tau) must be a finite number > 0, got {tau!r}")
+    return float(tau)
+
+
+def check_lambda(value: float, what: str = "λ") -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+        raise ValueError(f"{what} must be a finite number ≥ 1 (λ = 1 is GELU, λ → ∞ is ReLU), got {value!r}")
+    return float(value)
+
+
+class KGELU(nn.Module):
+    """f(x) = x·Φ(λx) with λ = 1 + softplus(θ/τ) ≥ 1.
+
+    θ has shape (1,) per site (not 0-d, so FSDP can flatten and shard it) or (num_channels,)
+    per channel, and stays float32 whatever dtype the rest of the model is cast to.
+    """
+
+    def __init__(self, lambda_init: float = DEFAULT_LAMBDA_INIT, tau: float = DEFAULT_TAU, num_channels: int | None = None):
+        super().__init__()
+        self.tau = check_tau(tau)
+        if num_channels is not None and (not isinstance(num_channels, int) or num_channels < 1):
+            raise ValueError(f"num_channels must be a positive int or None (one θ per site), got {num_channels!r}")
+        self.num_channels = num_channels
+        shape = (num_channels,) if num_channels else (1,)
+        # λ = 1 exactly has θ = -∞; the smallest representable start is just above it.
+        start = max(check_lambda(lambda_init, "lambda_init"), 1.0 + 1e-6)
+        self.theta = nn.Parameter(torch.full(shape, theta_from_lambda(start, self.tau), dtype=torch.float32))
+
+    @property
+    def per_channel(self) -> bool:
+        return self.num_channels is not None
+
+    @property
+    def lam(self) -> torch.Tensor:
+        """λ as a float32 tensor shaped like θ, differentiable with respect to θ."""
+        return lambda_from_theta(self.theta, self.tau)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kgelu(x, self.lam)
+
+    @torch.no_grad()
+    def set_lambda(self, value: float | torch.Tensor) -> None:
+        """Set λ (a number, or a tensor shaped like θ) by writing the θ that produces it."""
+        if isinstance(value, torch.Tensor):
+            if not torch.isfinite(value).all() or (value < 1).any():
+                raise ValueError("λ must be finite and ≥ 1 everywhere")
+            value = value.detach().to(torch.float64).clamp_min(1.0 + 1e-6)
+        else:
+            value = torch.tensor(max(check_lambda(value), 1.0 + 1e-6), dtype=torch.float64)
+        self.theta.copy_(theta_from_lambda(value, self.tau).to(self.theta.device).expand_as(self.theta))
+
+    @torch.no_grad()
+    def set_tau(self, tau: float) -> None:
+        """Change τ while keeping λ: θ is rewritten for the new temperature."""
+        lam = self.lam.to(torch.float64)
+        self.tau = check_tau(tau)
+        self.set_lambda(lam)
+
+    def freeze(self) -> None:
+        self.theta.requires_grad_(False)
+
+    def unfreeze(self) -> None:
+        self.theta.requires_grad_(True)
+
+    @property
+    def frozen(self) -> bool:
+        return not self.theta.requires_grad
+
+    @torch.no_grad()
+    def resize_channels(self, num_channels: int | None) -> None:
+        """Switch between one θ per site and one θ per channel, keeping the mean λ."""
+        shape = (num_channels,) if num_channels else (1,)
+        self.num_channels = num_channels
+        if tuple(self.theta.shape) == shape:
+            return
+        if self.theta.is_meta:
+            fill = torch.empty(shape, dtype=torch.float32, device="meta")
+        else:
+            fill = torch.full(shape, theta_from_lambda(max(self.lam.mean().item(), 1.0 + 1e-6), self.tau))
+            fill = fill.to(self.theta.device)
+        self.theta = nn.Parameter(fill, requires_grad=self.theta.requires_grad)
+
+    def _apply(self, fn, recurse=True):
+        # `.to(bf16)`/`.half()` may move θ between devices but never round it: λ must stay exact.
+        def keep_float32(t):
+            out = fn(t)
+            if t.dtype == torch.float32 and out.is_floating_point() and out.dtype != torch.float32:
+                out = t.to(device=out.device)
+            return out
+
+        return super()._apply(keep_float32, recurse)
+
+    def extra_repr(self) -> str:
+        if self.theta.is_meta:
+            return f"τ={self.tau:g}, channels={self.num_channels}"
+        lam = self.lam.detach()
+        shown = f"{lam.item():.4g}" if lam.numel() == 1 else f"mean {lam.mean().item():.4g} over {lam.numel()} channels"
+        return f"λ={shown}, τ={self.tau:g}" + (", frozen" if self.frozen else "")
+
+
+def find_sites(model: nn.Module) -> list[tuple[str, KGELU]]:
+    """Every λ-GELU site of `model` as (qualified name, module), in depth (registration) order."""
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, KGELU)]

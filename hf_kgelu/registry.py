@@ -1,0 +1,182 @@
+"""Makes "kgelu" a transformers activation and keeps θ right through construction and loading.
+
+Importing `hf_kgelu` calls `register_kgelu()`, which
+- adds "kgelu" to both `ACT2CLS` and `ACT2FN` (the latter is a copy, so both need it); every
+  lookup builds a fresh `KGELU`, so every activation site owns its θ;
+- wraps `PreTrainedModel.post_init` so that a model whose sites are KGELU reads its kgelu
+  settings from the config (`kgelu_tau`, `kgelu_init`, `kgelu_lambda_init`,
+  `kgelu_lambda_range`, `kgelu_per_channel`) and keeps θ in float32 when loaded in bf16/fp16;
+- wraps `PreTrainedModel._initialize_weights` so that θ is initialised through the model's own
+  init path with the guarded `transformers.initialization.copy_`: a GELU checkpoint loaded into
+  a "kgelu" config gets θ at its intended value instead of uninitialised memory, and a loaded θ
+  is never overwritten.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import activations as hf_activations
+from transformers import initialization as hf_init
+
+from .functional import theta_from_lambda
+from .hardness import DEFAULT_LAMBDA_RANGE, init_hardness, init_lambdas
+from .modules import DEFAULT_LAMBDA_INIT, KGELU, find_sites
+
+KGELU_NAME = "kgelu"
+
+# Activation names whose modules `convert_to_kgelu` replaces. λ = 1 is the exact (erf) GELU;
+# the tanh approximations differ from it by < 1e-3.
+GELU_NAMES = ("gelu", "gelu_new", "gelu_python", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate")
+
+
+def register_kgelu() -> None:
+    """Register "kgelu" in `ACT2CLS` and `ACT2FN`, and install the init hooks. Idempotent."""
+    hf_activations.ACT2CLS[KGELU_NAME] = KGELU
+    hf_activations.ACT2FN[KGELU_NAME] = KGELU
+    if not getattr(PreTrainedModel.post_init, "_hf_kgelu_hook", False):
+        PreTrainedModel.post_init = _wrap_post_init(PreTrainedModel.post_init)
+    if not getattr(PreTrainedModel._initialize_weights, "_hf_kgelu_hook", False):
+        PreTrainedModel._initialize_weights = _wrap_initialize_weights(PreTrainedModel._initialize_weights)
+
+
+def activation_config_keys(config, names=None) -> list[str]:
+    """Config attributes that name an activation (e.g. `hidden_act`, `activation_function`).
+
+    With `names`, only those whose value is one of them.
+    """
+    known = set(hf_activations.ACT2CLS) | {KGELU_NAME}
+    keys = []
+    for key, value in config.to_dict().items():
+        if isinstance(value, str) and "act" in key and value in known and (names is None or value in names):
+            keys.append(key)
+    return keys
+
+
+def _setting(config, name, default):
+    value = getattr(config, name, None)
+    return default if value is None else value
+
+
+def infer_num_channels(model: nn.Module, site_name: str) -> int:
+    """Features of the last dimension entering a site: the output size of the first linear
+    layer beside it (GPT-2 `c_fc`, BERT/ViT `dense`/`fc1`)."""
+    parent = model.get_submodule(site_name.rpartition(".")[0]) if "." in site_name else model
+    for child in parent.children():
+        if isinstance(child, nn.Linear):
+            return child.out_features
+        if type(child).__name__ == "Conv1D" and hasattr(child, "nf"):
+            return child.nf
+    raise ValueError(
+        f"cannot tell how many channels feed the λ-GELU site {site_name!r}: no linear layer beside it. "
+        "Call site.resize_channels(num_channels) on it yourself."
+    )
+
+
+def configure_sites(model: nn.Module) -> None:
+    """Apply the config's kgelu settings to every site of `model` and record each site's initial λ."""
+    sites = find_sites(model)
+    config = getattr(model, "config", None)
+    if not sites or config is None:
+        return
+    tau = _setting(config, "kgelu_tau", None)
+    per_channel = bool(_setting(config, "kgelu_per_channel", False))
+    targets = init_lambdas(
+        len(sites),
+        _setting(config, "kgelu_init", "uniform"),
+        _setting(config, "kgelu_lambda_init", DEFAULT_LAMBDA_INIT),
+        tuple(_setting(config, "kgelu_lambda_range", DEFAULT_LAMBDA_RANGE)),
+    )
+    for (name, site), target in zip(sites, targets):
+        if tau is not None:
+            site.tau = float(tau)
+        if per_channel and not site.per_channel:
+            site.resize_channels(infer_num_channels(model, name))
+        site.initial_lambda = target
+        # A submodel's post_init ran first with its own depth order: let the outermost one decide.
+        site._is_hf_initialized = False
+    if isinstance(model, PreTrainedModel):
+        keep = set(model._keep_in_fp32_modules_strict or [])
+        model._keep_in_fp32_modules_strict = keep | {f"{name}.theta" for name, _ in sites}
+
+
+def _wrap_post_init(post_init):
+    @functools.wraps(post_init)
+    def wrapped(self):
+        configure_sites(self)
+        return post_init(self)
+
+    wrapped._hf_kgelu_hook = True
+    return wrapped
+
+
+def _wrap_initialize_weights(initialize_weights):
+    @functools.wraps(initialize_weights)
+    def wrapped(self, module, is_custom_code: bool = False):
+        if not isinstance(module, KGELU):
+            return initialize_weights(self, module, is_custom_code)
+        if getattr(module, "_is_hf_initialized", False) or module.theta.is_meta:
+            return None
+        lam = max(getattr(module, "initial_lambda", DEFAULT_LAMBDA_INIT), 1.0 + 1e-6)
+        value = torch.full_like(module.theta, theta_from_lambda(lam, module.tau))
+        hf_init.copy_(module.theta, value)  # guarded: a θ loaded from the checkpoint is kept
+        module._is_hf_initialized = True
+        return None
+
+    wrapped._hf_kgelu_hook = True
+    return wrapped
+
+
+def convert_to_kgelu(
+    model: nn.Module,
+    *,
+    init: str = "uniform",
+    lambda_init: float = DEFAULT_LAMBDA_INIT,
+    lambda_range=DEFAULT_LAMBDA_RANGE,
+    tau: float | None = None,
+    per_channel: bool = False,
+) -> nn.Module:
+    """Replace every GELU-family activation module of `model` with a λ-GELU, in place.
+
+    The config's activation keys that named a GELU become "kgelu" and the kgelu settings are
+    written to the config, so `save_pretrained` → `from_pretrained` rebuilds the same model.
+    """
+    register_kgelu()
+    gelu_classes = tuple(
+        {hf_activations.ACT2CLS[n] if not isinstance(hf_activations.ACT2CLS[n], tuple) else hf_activations.ACT2CLS[n][0]
+         for n in GELU_NAMES if n in hf_activations.ACT2CLS} | {nn.GELU}
+    )
+    replaced = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, gelu_classes):
+                site = KGELU(lambda_init=lambda_init, tau=tau if tau is not None else 0.1)
+                site.to(next((p.device for p in child.parameters()), _model_device(model)))
+                setattr(module, child_name, site)
+                replaced.append(f"{name}.{child_name}" if name else child_name)
+    if not replaced:
+        raise ValueError(f"{type(model).__name__} has no GELU activation module to convert to λ-GELU")
+    config = getattr(model, "config", None)
+    if config is not None:
+        for key in activation_config_keys(config, GELU_NAMES):
+            setattr(config, key, KGELU_NAME)
+        config.kgelu_init, config.kgelu_lambda_init = init, lambda_init
+        config.kgelu_lambda_range = list(lambda_range)
+        config.kgelu_per_channel = per_channel
+        if tau is not None:
+            config.kgelu_tau = tau
+    if per_channel:
+        for name, site in find_sites(model):
+            site.resize_channels(infer_num_channels(model, name))
+
+    init_hardness(model, init, lambda_init, lambda_range, tau)
+    if isinstance(model, PreTrainedModel):
+        configure_sites(model)
+    return model
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
