@@ -14,7 +14,7 @@ from .hardness import (
     tolerance_at,
 )
 from .modules import KGELU, find_sites
-from .registry import convert_to_kgelu, register_kgelu
+from .registry import convert_to_kgelu, kgelu_config, register_kgelu
 
 register_kgelu()
 
@@ -29,6 +29,7 @@ __all__ = [
     "init_hardness",
     "init_lambdas",
     "kgelu",
+    "kgelu_config",
     "lambda_from_theta",
     "register_kgelu",
     "spearman_rho",

@@ -14,7 +14,9 @@ Importing `hf_kgelu` calls `register_kgelu()`, which
 
 from __future__ import annotations
 
+import copy
 import functools
+import os
 
 import torch
 from torch import nn
@@ -24,7 +26,7 @@ from transformers import initialization as hf_init
 
 from .functional import theta_from_lambda
 from .hardness import DEFAULT_LAMBDA_RANGE, init_hardness, init_lambdas
-from .modules import DEFAULT_LAMBDA_INIT, KGELU, find_sites
+from .modules import DEFAULT_LAMBDA_INIT, DEFAULT_TAU, KGELU, check_tau, find_sites
 
 KGELU_NAME = "kgelu"
 
@@ -130,6 +132,41 @@ def _wrap_initialize_weights(initialize_weights):
     return wrapped
 
 
+def kgelu_config(
+    config,
+    *,
+    init: str = "uniform",
+    lambda_init: float = DEFAULT_LAMBDA_INIT,
+    lambda_range=DEFAULT_LAMBDA_RANGE,
+    tau: float | None = None,
+    per_channel: bool = False,
+):
+    """A copy of a GELU model's config (object or checkpoint path) that builds λ-GELU sites.
+
+    Every activation key naming a GELU becomes "kgelu", and the kgelu settings are written as
+    config attributes, so `Model.from_pretrained(gelu_checkpoint, config=kgelu_config(...))`
+    loads the GELU weights with θ initialised to the chosen profile.
+    """
+    if isinstance(config, (str, os.PathLike)):
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(config)
+    else:
+        config = copy.deepcopy(config)
+    keys = activation_config_keys(config, GELU_NAMES + (KGELU_NAME,))
+    if not keys:
+        raise ValueError(f"{type(config).__name__} names no GELU activation to turn into λ-GELU")
+    init_lambdas(2, init, lambda_init, lambda_range)  # validates the settings now, not at build time
+    for key in keys:
+        setattr(config, key, KGELU_NAME)
+    config.kgelu_init, config.kgelu_lambda_init = init, float(lambda_init)
+    config.kgelu_lambda_range = [float(v) for v in lambda_range]
+    config.kgelu_per_channel = bool(per_channel)
+    if tau is not None:
+        config.kgelu_tau = check_tau(tau)
+    return config
+
+
 def convert_to_kgelu(
     model: nn.Module,
     *,
@@ -141,41 +178,38 @@ def convert_to_kgelu(
 ) -> nn.Module:
     """Replace every GELU-family activation module of `model` with a λ-GELU, in place.
 
-    The config's activation keys that named a GELU become "kgelu" and the kgelu settings are
-    written to the config, so `save_pretrained` → `from_pretrained` rebuilds the same model.
+    With a transformers model, the config is rewritten as `kgelu_config` does, so
+    `save_pretrained` → `from_pretrained` rebuilds the same model.
     """
     register_kgelu()
     gelu_classes = tuple(
-        {hf_activations.ACT2CLS[n] if not isinstance(hf_activations.ACT2CLS[n], tuple) else hf_activations.ACT2CLS[n][0]
-         for n in GELU_NAMES if n in hf_activations.ACT2CLS} | {nn.GELU}
+        {_activation_class(n) for n in GELU_NAMES if n in hf_activations.ACT2CLS} | {nn.GELU}
     )
+    device = _model_device(model)
     replaced = []
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
             if isinstance(child, gelu_classes):
-                site = KGELU(lambda_init=lambda_init, tau=tau if tau is not None else 0.1)
-                site.to(next((p.device for p in child.parameters()), _model_device(model)))
-                setattr(module, child_name, site)
-                replaced.append(f"{name}.{child_name}" if name else child_name)
+                setattr(parent, child_name, KGELU(tau=tau if tau is not None else DEFAULT_TAU).to(device))
+                replaced.append(child_name)
     if not replaced:
         raise ValueError(f"{type(model).__name__} has no GELU activation module to convert to λ-GELU")
-    config = getattr(model, "config", None)
-    if config is not None:
-        for key in activation_config_keys(config, GELU_NAMES):
-            setattr(config, key, KGELU_NAME)
-        config.kgelu_init, config.kgelu_lambda_init = init, lambda_init
-        config.kgelu_lambda_range = list(lambda_range)
-        config.kgelu_per_channel = per_channel
-        if tau is not None:
-            config.kgelu_tau = tau
+    if getattr(model, "config", None) is not None:
+        model.config = kgelu_config(
+            model.config, init=init, lambda_init=lambda_init, lambda_range=lambda_range, tau=tau, per_channel=per_channel
+        )
     if per_channel:
         for name, site in find_sites(model):
             site.resize_channels(infer_num_channels(model, name))
-
     init_hardness(model, init, lambda_init, lambda_range, tau)
     if isinstance(model, PreTrainedModel):
         configure_sites(model)
     return model
+
+
+def _activation_class(name: str) -> type:
+    entry = hf_activations.ACT2CLS[name]
+    return entry[0] if isinstance(entry, tuple) else entry
 
 
 def _model_device(model: nn.Module) -> torch.device:

