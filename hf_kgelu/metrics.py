@@ -1,0 +1,160 @@
+"""Local evaluation metrics (no `evaluate`, no Hub): accuracy, perplexity, and `evaluate_model`.
+
+`evaluate_model` runs a model over batches of dicts whose keys are the model's inputs
+(`pixel_values`, `input_ids`, `attention_mask`, `token_type_ids`) plus `labels` (or `label`),
+and returns {"accuracy": ...} for classification or {"perplexity": ..., "loss": ...} for
+language models. The LM loss is the mean next-token negative log-likelihood over every
+predicted token of the whole data set (not a mean of batch means).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+TASKS = ("classification", "causal_lm", "masked_lm")
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
+IGNORE_INDEX = -100
+_USED_KEYS = (*MODEL_INPUT_KEYS, "labels", "label")  # other columns (raw text, ids) are not collated
+# Padding value per key when rows of a batch differ in length.
+_PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "token_type_ids": 0, "labels": IGNORE_INDEX, "label": IGNORE_INDEX}
+
+
+def accuracy(predictions, labels) -> float:
+    """Fraction of correct predictions. `predictions` are class ids, or logits (argmax over the
+    last dimension); labels equal to -100 are ignored."""
+    predictions, labels = torch.as_tensor(predictions), torch.as_tensor(labels)
+    if predictions.is_floating_point() and predictions.dim() == labels.dim() + 1:
+        predictions = predictions.argmax(-1)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions {tuple(predictions.shape)} and labels {tuple(labels.shape)} do not match")
+    keep = labels != IGNORE_INDEX
+    total = int(keep.sum())
+    if total == 0:
+        raise ValueError("accuracy needs at least one labelled example")
+    return float((predictions[keep] == labels[keep]).sum()) / total
+
+
+def perplexity(loss: float) -> float:
+    """exp(mean negative log-likelihood in nats); +inf when that overflows a float."""
+    loss = float(loss)
+    if math.isnan(loss):
+        return float("nan")
+    return math.exp(loss) if loss < 709.0 else float("inf")
+
+
+def infer_task(model: nn.Module) -> str:
+    """"classification", "causal_lm" or "masked_lm", from the model's class or config architectures."""
+    names = [type(model).__name__]
+    config = getattr(model, "config", None)
+    names += list(getattr(config, "architectures", None) or [])
+    for name in names:
+        if name.endswith(("ForCausalLM", "LMHeadModel")):
+            return "causal_lm"
+        if name.endswith("ForMaskedLM"):
+            return "masked_lm"
+        if name.endswith(("ForImageClassification", "ForSequenceClassification")):
+            return "classification"
+    raise ValueError(
+        f"cannot tell which metric fits {type(model).__name__}: pass task= one of {', '.join(TASKS)} "
+        "(classification reports accuracy, causal_lm/masked_lm report perplexity)"
+    )
+
+
+def _collate_column(key: str, column) -> torch.Tensor:
+    if isinstance(column, torch.Tensor):
+        return column
+    values = [torch.as_tensor(v) for v in column]
+    if all(v.shape == values[0].shape for v in values):
+        return torch.stack(values)
+    if key in _PAD_VALUES and all(v.dim() == 1 for v in values):
+        return nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=_PAD_VALUES[key])
+    raise ValueError(f"rows of {key!r} differ in shape and cannot be padded: give fixed-size examples or a DataLoader")
+
+
+def iter_batches(data, batch_size: int = 32) -> Iterable[Mapping]:
+    """Batches of dicts from a DataLoader / iterable of batch dicts, a `datasets.Dataset` or a list
+    of example dicts, or one dict of tensors (a single batch)."""
+    if isinstance(data, Mapping):
+        yield data
+        return
+    if isinstance(data, torch.utils.data.DataLoader):
+        yield from data
+        return
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        for start in range(0, len(data), batch_size):
+            rows = data[start : start + batch_size]
+            if not isinstance(rows, Mapping):  # a list of example dicts; a datasets.Dataset slice is already columns
+                rows = {key: [row[key] for row in rows] for key in rows[0]}
+            yield {key: _collate_column(key, column) for key, column in rows.items() if key in _USED_KEYS}
+        return
+    yield from data
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _labels(batch: Mapping) -> torch.Tensor | None:
+    value = batch.get("labels", batch.get("label"))
+    return None if value is None else torch.as_tensor(value)
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, data, task: str | None = None, batch_size: int = 32) -> dict[str, float]:
+    """Run `model` over `data` and return {"accuracy"} (classification) or {"perplexity", "loss"}
+    (causal_lm / masked_lm). The model's train/eval mode is restored afterwards.
+
+    Causal LM without labels uses `input_ids` (padding masked out by `attention_mask`) and
+    scores each token from the ones before it; masked LM needs `labels` (-100 = not scored).
+    """
+    task = task or infer_task(model)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    correct = examples = 0
+    nll_sum, tokens = 0.0, 0
+    try:
+        for batch in iter_batches(data, batch_size):
+            inputs = {k: torch.as_tensor(v).to(device) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+            if not inputs:
+                raise ValueError(f"a batch has none of the model input keys {MODEL_INPUT_KEYS}; its keys: {sorted(batch)}")
+            labels = _labels(batch)
+            logits = model(**inputs).logits.float()
+            if task == "classification":
+                if labels is None:
+                    raise ValueError("classification data needs a `labels` (or `label`) column")
+                labels = labels.to(device)
+                predicted = logits.argmax(-1)
+                keep = labels != IGNORE_INDEX
+                correct += int((predicted[keep] == labels[keep]).sum())
+                examples += int(keep.sum())
+                continue
+            if labels is None:
+                if task == "masked_lm":
+                    raise ValueError("masked-LM data needs `labels` (the masked tokens, -100 elsewhere)")
+                labels = inputs["input_ids"].clone()
+                if "attention_mask" in inputs:
+                    labels[inputs["attention_mask"] == 0] = IGNORE_INDEX
+            labels = labels.to(device)
+            if task == "causal_lm":  # token t is predicted from tokens < t
+                logits, labels = logits[..., :-1, :], labels[..., 1:]
+            nll_sum += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                             ignore_index=IGNORE_INDEX, reduction="sum"))
+            tokens += int((labels != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    if task == "classification":
+        if examples == 0:
+            raise ValueError("no labelled examples to evaluate")
+        return {"accuracy": correct / examples}
+    if tokens == 0:
+        raise ValueError("no tokens to score: every label is -100 or the sequences are one token long")
+    loss = nll_sum / tokens
+    return {"perplexity": perplexity(loss), "loss": loss}
