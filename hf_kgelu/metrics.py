@@ -158,3 +158,46 @@ def evaluate_model(model: nn.Module, data, task: str | None = None, batch_size: 
         raise ValueError("no tokens to score: every label is -100 or the sequences are one token long")
     loss = nll_sum / tokens
     return {"perplexity": perplexity(loss), "loss": loss}
+
+
+EVAL_SPLITS = ("validation", "test", "eval", "train")
+
+
+def load_eval_data(path, *, split: str | None = None, tokenizer=None, block_size: int = 128, max_blocks: int | None = None):
+    """Evaluation data from disk, in one of two forms:
+
+    - a folder written by `datasets.Dataset.save_to_disk` (or a DatasetDict: `split`, else the
+      first of validation/test/eval/train), with columns named like the model's inputs
+      (`pixel_values` or `input_ids`, optional `attention_mask`) and `labels`/`label`;
+    - a text file, for language models: tokenised with `tokenizer` and cut into consecutive
+      `block_size`-token blocks (the tail shorter than a block is dropped).
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        from datasets import DatasetDict, load_from_disk
+
+        data = load_from_disk(str(path))
+        if isinstance(data, DatasetDict):
+            name = split or next((s for s in EVAL_SPLITS if s in data), None)
+            if name not in data:
+                raise ValueError(f"{path} has splits {sorted(data)}; choose one with split= (--eval-split)")
+            data = data[name]
+        columns = [c for c in data.column_names if c in _USED_KEYS]
+        if not any(c in MODEL_INPUT_KEYS for c in columns):
+            raise ValueError(f"{path}: no model input column ({', '.join(MODEL_INPUT_KEYS)}); its columns: {data.column_names}")
+        return data.with_format("torch", columns=columns)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation data {path} is neither a datasets folder nor a text file")
+    if tokenizer is None:
+        raise ValueError(f"{path} is a text file: evaluating on text needs the checkpoint's tokenizer (none was found)")
+    text = path.read_text(encoding="utf-8")
+    ids: list[int] = []
+    for start in range(0, len(text), 100_000):  # the fast tokenizer is slow on one huge string
+        ids.extend(tokenizer(text[start : start + 100_000])["input_ids"])
+    n_blocks = len(ids) // block_size if max_blocks is None else min(len(ids) // block_size, max_blocks)
+    if n_blocks < 1:
+        raise ValueError(f"{path} holds {len(ids)} tokens, fewer than one block of {block_size}: use a longer text or --block-size")
+    blocks = torch.tensor(ids[: n_blocks * block_size]).reshape(n_blocks, block_size)
+    return [{"input_ids": block} for block in blocks]

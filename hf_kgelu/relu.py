@@ -298,15 +298,21 @@ def _metric_name(task: str) -> str:
 
 
 def substitution_report(
-    model: nn.Module, eval_data, *, gelu_baseline: nn.Module | None = None, task: str | None = None, batch_size: int = 32
+    model: nn.Module,
+    eval_data,
+    *,
+    gelu_baseline: nn.Module | None = None,
+    task: str | None = None,
+    batch_size: int = 32,
+    include_gelu: bool = False,
 ) -> SubstitutionReport:
-    """Evaluate `model` (λ-GELU) before and after `relu_ize`, and `gelu_baseline` before and
-    after its direct GELU → ReLU swap, on the same data. Works on copies: the passed models are
-    never changed (not even their train/eval mode)."""
+    """Evaluate `model` (λ-GELU) before and after `relu_ize` (with `include_gelu` passed on), and
+    `gelu_baseline` before and after its direct GELU → ReLU swap, on the same data. Works on
+    copies: the passed models are never changed (not even their train/eval mode)."""
     task = task or infer_task(model)
     metric = _metric_name(task)
     details = {"kgelu_before": evaluate_model(copy.deepcopy(model), eval_data, task, batch_size)}
-    relu_model, relu_report = relu_ize(model, inplace=False)
+    relu_model, relu_report = relu_ize(model, inplace=False, include_gelu=include_gelu)
     details["kgelu_after"] = evaluate_model(relu_model, eval_data, task, batch_size)
     del relu_model
     if gelu_baseline is not None:
