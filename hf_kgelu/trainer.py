@@ -36,10 +36,10 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .annealing import AnnealingSchedule, check_anneal_start
-from .functional import theta_from_lambda
 from .hardness import BOUNDS, DEFAULT_LAMBDA_RANGE, INIT_MODES, hardness_drift, init_lambdas, target_lambda
 from .history import HISTORY_FILENAME, HISTORY_FORMAT, HISTORY_VERSION, read_history, write_history
-from .modules import DEFAULT_LAMBDA_INIT, DEFAULT_TAU, KGELU, find_sites
+from .modules import DEFAULT_LAMBDA_INIT, KGELU, find_sites
+from .peft_utils import trained_sites
 
 logger = logging.getLogger(__name__)
 
@@ -180,25 +180,6 @@ class KGeluTrainingArguments(TrainingArguments):
 # Sites
 
 
-def trained_sites(model: nn.Module) -> list[tuple[str, KGELU]]:
-    """The λ-GELU sites whose θ training acts on, in depth order.
-
-    Under PEFT `modules_to_save`, that is the active adapter's copy of each activation: the
-    frozen `original_module` (and other adapters' copies) are left out.
-    """
-    inactive: set[int] = set()
-    for module in model.modules():
-        copies = getattr(module, "modules_to_save", None)
-        original = getattr(module, "original_module", None)
-        if isinstance(copies, nn.ModuleDict) and isinstance(original, nn.Module):
-            active = list(getattr(module, "active_adapters", None) or [])[:1]
-            inactive.update(id(m) for m in original.modules())
-            for name, copy_ in copies.items():
-                if name not in active:
-                    inactive.update(id(m) for m in copy_.modules())
-    return [(name, site) for name, site in find_sites(model) if id(site) not in inactive]
-
-
 def short_site_names(names: list[str]) -> list[str]:
     """Site names without the parts they all share: `transformer.h.0.mlp.act` → `h.0`."""
     if not names:
@@ -239,16 +220,18 @@ def _model_config(model: nn.Module):
 
 
 def _untouched(site: KGELU) -> bool:
-    """Whether θ still holds its construction-time value (never trained, loaded or set by hand)."""
-    lam = max(getattr(site, "initial_lambda", DEFAULT_LAMBDA_INIT), 1.0 + 1e-6)
-    expected = torch.full_like(site.theta, theta_from_lambda(lam, site.tau))
-    return bool(torch.equal(site.theta.detach(), expected))
+    """Whether λ still holds its construction-time value (never trained, loaded or set by hand).
+
+    Compared on λ to float32 precision: the init paths compute θ in slightly different ways."""
+    initial = max(getattr(site, "initial_lambda", DEFAULT_LAMBDA_INIT), 1.0 + 1e-6)
+    return bool(((_site_lambda(site) - initial).abs() <= 1e-6 * initial).all())
 
 
 def prepare_hardness(model: nn.Module, args: KGeluTrainingArguments) -> None:
     """Apply `kgelu_tau` and the hardness init of `args` to `model` (see `KGeluTrainingArguments`)."""
     sites = _require_sites(model)
     config = _model_config(model)
+    trained = [name for name, site in sites if not _untouched(site)]  # judged before τ rewrites θ
     if args.kgelu_tau is not None:
         for _, site in find_sites(model):  # every copy, so PEFT's original and adapter copy agree
             if site.tau != args.kgelu_tau:
@@ -268,17 +251,15 @@ def prepare_hardness(model: nn.Module, args: KGeluTrainingArguments) -> None:
     mode = setting("kgelu_init", "uniform")
     lambda_init = float(setting("kgelu_lambda_init", DEFAULT_LAMBDA_INIT))
     lambda_range = [float(v) for v in setting("kgelu_lambda_range", DEFAULT_LAMBDA_RANGE)]
-    if args.kgelu_reinit == "auto":
-        trained = [name for name, site in sites if not _untouched(site)]
-        if trained:
-            logger.warning(
-                "kgelu_init/kgelu_lambda_init/kgelu_lambda_range were not applied: the θ of %d λ-GELU site(s) (e.g. %s) "
-                "are not at their initial value (loaded from a trained checkpoint or set by hand), so their learned λ is "
-                "kept. Pass kgelu_reinit='always' to re-initialise them anyway.",
-                len(trained),
-                trained[0],
-            )
-            return
+    if args.kgelu_reinit == "auto" and trained:
+        logger.warning(
+            "kgelu_init/kgelu_lambda_init/kgelu_lambda_range were not applied: the θ of %d λ-GELU site(s) (e.g. %s) "
+            "are not at their initial value (loaded from a trained checkpoint or set by hand), so their learned λ is "
+            "kept. Pass kgelu_reinit='always' to re-initialise them anyway.",
+            len(trained),
+            trained[0],
+        )
+        return
     for (_, site), lam in zip(sites, init_lambdas(len(sites), mode, lambda_init, lambda_range)):
         site.set_lambda(lam)
         site.initial_lambda = lam
@@ -675,51 +656,26 @@ class KGeluTrainer(Trainer):
                 callback.write_history(folder)
 
     # ---- substitution
-    def evaluate_substitution(self, eval_dataset=None, task: str | None = None) -> dict:
+    def evaluate_substitution(self, eval_dataset=None, task: str | None = None, gelu_baseline: nn.Module | None = None):
         """The eval metric of the current model (after `train()` with `load_best_model_at_end`: the best
-        one) with its λ-GELU activations, and of a copy where every λ-GELU is swapped for ReLU.
+        one) with its λ-GELU activations and after swapping every λ-GELU for ReLU, on copies: the trained
+        model is not touched. A PEFT model is merged on a copy first.
 
-        The trained model is not touched. Returns {"kgelu": metrics, "relu": metrics, "delta": relu − kgelu
-        per metric, "lambda_mean": mean λ, "num_sites": n}; metrics are accuracy (classification) or
-        perplexity and loss (language models), computed offline by `hf_kgelu.metrics.evaluate_model`.
+        Returns `hf_kgelu.relu.SubstitutionReport` (accuracy for classification, perplexity for language
+        models, computed offline; `.as_markdown()`, `.to_dict()`). `eval_dataset` defaults to the
+        trainer's; it is batched by the trainer's own collator, as `evaluate()` sees it.
         """
+        from .relu import substitution_report
+
         data = eval_dataset if eval_dataset is not None else self.eval_dataset
         if data is None:
             raise ValueError("evaluate_substitution needs an eval_dataset (pass one, or give the trainer eval_dataset=...)")
         if isinstance(data, dict) and not any(key in data for key in ("input_ids", "pixel_values")):
             raise ValueError("evaluate_substitution takes one evaluation dataset, not a dict of several: pick one")
         model = self.model
-        sites = _require_sites(model)
-        from .metrics import evaluate_model
-
-        if not isinstance(data, dict):  # batches through the trainer's own collator, as evaluate() sees them
+        _require_sites(model)
+        if hasattr(model, "merge_and_unload"):  # PEFT: relu_ize needs the adapters merged
+            model = copy.deepcopy(model).merge_and_unload()
+        if not isinstance(data, dict):
             data = self.get_eval_dataloader(data)
-        kgelu_metrics = evaluate_model(model, data, task=task)
-        relu_model = _relu_copy(model)
-        relu_metrics = evaluate_model(relu_model, data, task=task)
-        del relu_model
-        lam = torch.cat([_site_lambda(site).flatten() for _, site in sites])
-        return {
-            "kgelu": kgelu_metrics,
-            "relu": relu_metrics,
-            "delta": {key: relu_metrics[key] - kgelu_metrics[key] for key in kgelu_metrics if key in relu_metrics},
-            "lambda_mean": lam.mean().item(),
-            "num_sites": len(sites),
-        }
-
-
-def _relu_copy(model: nn.Module) -> nn.Module:
-    """A copy of `model` with every λ-GELU replaced by ReLU (`hf_kgelu.relu.relu_ize` when present)."""
-    try:
-        from .relu import relu_ize
-    except ImportError:
-        relu_ize = None
-    if relu_ize is not None:
-        relu_model, _ = relu_ize(model, inplace=False)
-        return relu_model
-    relu_model = copy.deepcopy(model)
-    for name, module in list(relu_model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, KGELU):
-                setattr(module, child_name, nn.ReLU())
-    return relu_model
+        return substitution_report(model, data, gelu_baseline=gelu_baseline, task=task)
