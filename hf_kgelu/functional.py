@@ -4,17 +4,35 @@
 tensor of shape (1,) (one hardness per site) or (C,) (one per feature of the last dimension of
 x). The backward pass saves only the input and λ, never intermediates: the gradients are
 recomputed from x, as torch's own GELU does.
+
+Dispatch: CUDA tensors (float32/bfloat16/float16) go to the fused Triton kernels in
+`hf_kgelu.kernels`, registered as the `torch.library.triton_op`s `hf_kgelu::kgelu` and
+`hf_kgelu::kgelu_backward` (autograd registered, fake impls from the same bodies), so
+torch.compile(fullgraph=True), autocast, checkpointing and CUDA graphs see ordinary ops.
+Everything else (CPU, float64, no triton installed) takes the torch path below. Setting
+HF_KGELU_FORCE_REFERENCE=1 before import forces the torch path everywhere (for debugging);
+`hf_kgelu.functional.FORCE_REFERENCE` can also be flipped at run time.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 
+try:
+    from . import kernels as _kernels
+except ImportError:  # no triton (CPU-only installs): the torch path serves every device
+    _kernels = None
+
+FORCE_REFERENCE = os.environ.get("HF_KGELU_FORCE_REFERENCE", "").strip().lower() in ("1", "true", "yes", "on")
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_NEG_HALF_LOG2E = -0.5 / math.log(2.0)  # exp(−t/2) = exp2(t·_NEG_HALF_LOG2E)
 
 
 def lambda_from_theta(theta: torch.Tensor, tau: float) -> torch.Tensor:
@@ -53,16 +71,16 @@ def _gate(z: torch.Tensor) -> torch.Tensor:
 
 
 def kgelu_forward_reference(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Torch path of the forward pass: x·Φ(λx), math in float32 (float64 for float64 input)."""
-    xc = x.to(_compute_dtype(x))
-    out = _gate(xc * lam.to(xc.dtype)).mul_(xc)
-    return out.to(x.dtype)
+    """Torch path of the forward pass: x·Φ(λx), math in float32 (float64 for float64 input).
 
-
-def _reduce_to_lambda_shape(values: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    if lam.numel() == 1:
-        return values.sum().reshape(lam.shape)
-    return values.reshape(-1, lam.shape[-1]).sum(0)
+    Written as ½·x·erfc(x·(−λ/√2)) with one allocation and in-place passes: erfc keeps full
+    relative precision in the negative tail (½·(1 + erf) cancels there).
+    """
+    dtype = _compute_dtype(x)
+    # λ is a 1-d tensor, so x·scale promotes half inputs to float32 without a separate cast.
+    scale = lam.to(dtype) * -_INV_SQRT2
+    out = torch.mul(x, scale).erfc_().mul_(x).mul_(0.5)
+    return out.to(x.dtype).reshape(x.shape)  # reshape: a 0-d x broadcast with λ to shape (1,)
 
 
 def kgelu_backward_reference(
@@ -70,20 +88,26 @@ def kgelu_backward_reference(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Torch path of the backward pass.
 
-    d f/dx = Φ(λx) + λx·φ(λx) and d f/dλ = x²·φ(λx); the λ gradient is summed over every
-    element of the site (per channel: over all but the last dimension).
+    d f/dx = Φ(λx) + λx·φ(λx), which is exactly GELU's derivative at z = λx, so torch's fused
+    `gelu_backward(g, λx)` computes it in one pass. d f/dλ = x²·φ(λx) is summed over every
+    element of the site (per channel: over all but the last dimension), reusing the buffer of
+    z: z² → exp(−z²/2) (as exp2, faster than exp on CPU) → ·x·x, then one dot product with g.
     """
     dtype = _compute_dtype(x)
-    xc = x.to(dtype)
     lam_c = lam.to(dtype)
     g = grad_out.to(dtype)
-    z = xc * lam_c
-    density = torch.exp(-0.5 * z * z).mul_(_INV_SQRT_2PI)  # φ(λx)
+    z = torch.mul(x, lam_c)  # λ is 1-d: promotes half x to float32
     grad_x = grad_lam = None
     if need_x:
-        grad_x = (_gate(z).add_(z * density)).mul_(g).to(x.dtype)
+        grad_x = torch.ops.aten.gelu_backward(g, z).to(x.dtype).reshape(x.shape)
     if need_lam:
-        grad_lam = _reduce_to_lambda_shape(g * xc * xc * density, lam).to(lam.dtype)
+        # (e·x)·x rather than e·x²: x² overflows to inf (inf·0 = NaN) for |x| > 1.8e19 in float32
+        density = z.mul_(z).mul_(_NEG_HALF_LOG2E).exp2_().mul_(x).mul_(x)
+        if lam.numel() == 1:
+            grad_lam = torch.dot(density.reshape(-1), g.reshape(-1)).mul_(_INV_SQRT_2PI).reshape(lam.shape)
+        else:
+            grad_lam = density.mul_(g).reshape(-1, lam.shape[-1]).sum(0).mul_(_INV_SQRT_2PI)
+        grad_lam = grad_lam.to(lam.dtype)
     return grad_x, grad_lam
 
 
@@ -99,6 +123,47 @@ class KGeluFunction(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         x, lam = ctx.saved_tensors
         return kgelu_backward_reference(grad_out, x, lam, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+
+
+if _kernels is not None:
+
+    @torch.library.triton_op("hf_kgelu::kgelu", mutates_args=())
+    def _kgelu_op(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        return _kernels.kgelu_forward(x, lam)
+
+    @torch.library.triton_op("hf_kgelu::kgelu_backward", mutates_args=())
+    def _kgelu_backward_op(
+        grad_out: torch.Tensor, x: torch.Tensor, lam: torch.Tensor, need_x: bool, need_lam: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        grad_x, grad_lam = _kernels.kgelu_backward(grad_out, x, lam, need_x, need_lam)
+        # An op returns tensors: empty stand-ins for the gradients nobody asked for.
+        return (
+            grad_x if grad_x is not None else x.new_empty(0),
+            grad_lam if grad_lam is not None else lam.new_empty(0),
+        )
+
+    def _kgelu_setup_context(ctx, inputs, output) -> None:
+        x, lam = inputs
+        ctx.save_for_backward(x, lam)
+
+    def _kgelu_op_backward(ctx, grad_out: torch.Tensor):
+        x, lam = ctx.saved_tensors
+        need_x, need_lam = ctx.needs_input_grad
+        grad_x, grad_lam = torch.ops.hf_kgelu.kgelu_backward(grad_out, x, lam, need_x, need_lam)
+        return (grad_x if need_x else None), (grad_lam if need_lam else None)
+
+    _kgelu_op.register_autograd(_kgelu_op_backward, setup_context=_kgelu_setup_context)
+
+
+def uses_kernel(x: torch.Tensor, lam: torch.Tensor) -> bool:
+    """Whether `kgelu(x, lam)` runs the fused Triton kernel (else the torch path)."""
+    return (
+        _kernels is not None
+        and not FORCE_REFERENCE
+        and x.is_cuda
+        and lam.device == x.device
+        and x.dtype in _KERNEL_DTYPES
+    )
 
 
 def _check_lambda(x: torch.Tensor, lam: torch.Tensor) -> None:
@@ -118,4 +183,6 @@ def kgelu(x: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
     if lam.dim() == 0:
         lam = lam.reshape(1)
     _check_lambda(x, lam)
+    if uses_kernel(x, lam):
+        return torch.ops.hf_kgelu.kgelu(x, lam if lam.dtype == torch.float32 else lam.float())
     return KGeluFunction.apply(x, lam)
