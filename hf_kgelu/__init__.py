@@ -20,8 +20,31 @@ register_kgelu()
 
 __version__ = "0.1.0"
 
+# The Trainer stack, PEFT and matplotlib load on first use, so `import hf_kgelu` stays light.
+_LAZY = {
+    "KGeluTrainer": "trainer",
+    "KGeluTrainingArguments": "trainer",
+    "KGeluHardnessCallback": "trainer",
+    "AnnealingSchedule": "annealing",
+    "prepare_peft_model": "peft_utils",
+    "kgelu_modules_to_save": "peft_utils",
+    "plot_hardness": "plotting",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
+    "AnnealingSchedule",
     "KGELU",
+    "KGeluHardnessCallback",
+    "KGeluTrainer",
+    "KGeluTrainingArguments",
     "convert_to_kgelu",
     "find_sites",
     "hardness_drift",
@@ -30,7 +53,10 @@ __all__ = [
     "init_lambdas",
     "kgelu",
     "kgelu_config",
+    "kgelu_modules_to_save",
     "lambda_from_theta",
+    "plot_hardness",
+    "prepare_peft_model",
     "register_kgelu",
     "spearman_rho",
     "target_lambda",
