@@ -42,10 +42,63 @@ def _run_plot(args) -> int:
     return 0
 
 
+def _add_relu_ize(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "relu-ize",
+        help="swap every λ-GELU of a checkpoint for ReLU and write (and push) a stock-transformers model with its card",
+        description="Load CHECKPOINT, replace every λ-GELU by ReLU, evaluate before/after (--eval-data), write a "
+        "complete model folder with its card to --output-dir, and optionally push it to the Hub.",
+    )
+    parser.add_argument("checkpoint", help="λ-GELU checkpoint folder (or Hub id) with config.json and safetensors weights")
+    parser.add_argument("--output-dir", required=True, help="folder for the ReLU model (must be empty or new, see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir (only once the new folder is complete)")
+    parser.add_argument("--include-gelu", action="store_true", help="also swap plain GELU activations (the direct-swap baseline)")
+    parser.add_argument("--eval-data", help="datasets.save_to_disk folder (model-input columns + labels), or a text file (language models)")
+    parser.add_argument("--eval-split", help="split of a DatasetDict folder (default: validation, test, eval or train)")
+    parser.add_argument("--task", choices=("classification", "causal_lm", "masked_lm"), help="metric to report (default: from the model)")
+    parser.add_argument("--block-size", type=int, default=128, help="tokens per block when --eval-data is a text file (default 128)")
+    parser.add_argument("--max-eval-blocks", type=int, help="evaluate at most this many text blocks")
+    parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size (default 32)")
+    parser.add_argument("--gelu-baseline", help="GELU checkpoint to evaluate before/after its direct swap (the paper's Table II row)")
+    parser.add_argument("--base-model", help="Hub id of the model this one was fine-tuned from (card metadata)")
+    parser.add_argument("--dataset", action="append", help="Hub id of a training/eval dataset (card metadata; repeatable)")
+    parser.add_argument("--license", help="license identifier for the card (e.g. apache-2.0)")
+    parser.add_argument("--plot", help="PNG of the per-layer λ profile to include and link from the card")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the written folder to this Hub repo")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--token", help="Hub token with write access (default: HF_TOKEN, then `hf auth login`)")
+    parser.set_defaults(func=_run_relu_ize)
+
+
+def _run_relu_ize(args) -> int:
+    import os
+
+    from .hub import HubPushError, relu_ize_checkpoint
+
+    try:
+        result = relu_ize_checkpoint(
+            args.checkpoint, args.output_dir, overwrite=args.overwrite, include_gelu=args.include_gelu,
+            eval_data=args.eval_data, eval_split=args.eval_split, task=args.task, block_size=args.block_size,
+            max_eval_blocks=args.max_eval_blocks, batch_size=args.batch_size, gelu_baseline=args.gelu_baseline,
+            base_model=args.base_model, datasets=args.dataset, license=args.license, plot_file=args.plot,
+            push_to_hub=args.push_to_hub, private=args.private, token=args.token or os.environ.get("HF_TOKEN"),
+            endpoint=os.environ.get("HF_ENDPOINT"), log=print,
+        )
+    except HubPushError as error:
+        print(f"hf-kgelu relu-ize: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, FileExistsError, FileNotFoundError, OSError) as error:
+        print(f"hf-kgelu relu-ize: error: {error}", file=sys.stderr)
+        return 2
+    print(f"ReLU model written to {result.folder}" + (f" and pushed to {result.url}" if result.url else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-kgelu", description="λ-GELU for Hugging Face models: train, anneal, ReLU-ize, publish.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_info(subparsers)
+    _add_relu_ize(subparsers)
     _add_plot(subparsers)
     return parser
 

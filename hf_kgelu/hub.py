@@ -375,6 +375,20 @@ def _failure_message(error: Exception, status: int | None, repo_id: str, endpoin
     return "the upload failed"
 
 
+def _linked_copy(folder: Path, card: str) -> Path:
+    """`folder` with another README.md, without copying the weights: hard links where the file
+    system allows them, copies elsewhere. Lives in a temporary folder beside `folder`."""
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.push-")) / folder.name
+    try:
+        shutil.copytree(folder, staging, copy_function=os.link)
+    except (OSError, shutil.Error):
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(folder, staging)
+    (staging / "README.md").unlink()  # a hard link: writing into it would change the original
+    (staging / "README.md").write_text(card, encoding="utf-8")
+    return staging
+
+
 def push_relu_model(
     folder: str | os.PathLike,
     repo_id: str,
@@ -396,16 +410,13 @@ def push_relu_model(
     missing = [name for name in ("config.json", "README.md") if not (folder / name).is_file()]
     if not folder.is_dir() or missing or not list(folder.glob("*.safetensors")):
         raise ValueError(f"{folder} is not a complete ReLU model folder (missing {', '.join(missing) or 'weights'}): write it with save_relu_model first")
-    readme = folder / "README.md"
-    card = readme.read_text(encoding="utf-8")
-    if REPO_ID_PLACEHOLDER in card:  # now the repo id is known: make the card's loading snippet exact
-        staged = readme.with_name(".README.md.tmp")
-        staged.write_text(card.replace(REPO_ID_PLACEHOLDER, repo_id), encoding="utf-8")
-        os.replace(staged, readme)
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    pushed_card = card.replace(REPO_ID_PLACEHOLDER, repo_id)  # now the card's loading snippet can name the repo
     api = HfApi(endpoint=endpoint, token=token)
+    upload_from = folder if pushed_card == card else _linked_copy(folder, pushed_card)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="model", commit_message=commit_message)
+        api.upload_folder(folder_path=upload_from, repo_id=repo_id, repo_type="model", commit_message=commit_message)
     except Exception as error:
         response = getattr(error, "response", None)
         status = getattr(response, "status_code", None)
@@ -415,12 +426,20 @@ def push_relu_model(
             f"pushing {folder} to {repo_id!r} failed: {_failure_message(error, status, repo_id, api.endpoint)}.\n"
             f"The local folder is complete and untouched: {folder}\n"
             f"Retry with:\n  {command}\n"
+            f"or from Python: hf_kgelu.push_relu_model({str(folder)!r}, {repo_id!r})\n"
             f"(cause: {type(error).__name__}: {detail})"
         )
         raise HubPushError(
             _scrub(message, [token, os.environ.get("HF_TOKEN")]), folder=folder, repo_id=repo_id,
             retry_command=command, status_code=status,
         ) from None
+    finally:
+        if upload_from != folder:
+            shutil.rmtree(upload_from.parent, ignore_errors=True)
+    if pushed_card != card:  # keep the local card equal to the pushed one
+        staged = folder / ".README.md.tmp"
+        staged.write_text(pushed_card, encoding="utf-8")
+        os.replace(staged, folder / "README.md")
     return f"{api.endpoint.rstrip('/')}/{repo_id}"
 
 
