@@ -282,8 +282,14 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
     It reads its settings from the `KGeluTrainingArguments` the Trainer passes to every event,
     so it needs no constructor arguments. Its only state — the λ learned by the switch — is
     exported into every checkpoint's `trainer_state.json`; `on_train_begin` reads it back from
-    there when training resumes. `KGeluTrainer` adds it for you; with a stock `Trainer` the
-    schedule works too, but θ is then weight-decayed and not given its own learning rate.
+    there when training resumes, whatever `restore_callback_states_from_checkpoint` says.
+    `KGeluTrainer` adds it for you. A stock `Trainer` given `KGeluTrainingArguments` and this
+    callback runs the same schedule, but puts θ under weight decay at the base learning rate
+    and keeps no history copy in the checkpoints.
+
+    Multi-GPU: freezing θ mid-run is safe under DDP's default `find_unused_parameters=True` for
+    transformers models; with activation checkpointing the Trainer turns that off, so pass
+    `ddp_find_unused_parameters=True` when annealing.
     """
 
     def __init__(self):

@@ -272,3 +272,26 @@ def test_plot_command_writes_a_png(tmp_path, capsys):
     assert cli_main(["plot", str(tmp_path / "missing")]) == 1
     history = json.loads((tmp_path / "hardness_history.json").read_text())
     assert len(history["steps"]) == 9  # steps 0..8, one per logging step
+
+
+def test_load_best_model_at_end_is_what_substitution_evaluates(tmp_path, caplog):
+    blocks = text_blocks()
+    model = tiny_gpt2()
+    args = make_args(tmp_path, max_steps=12, kgelu_anneal_start=0.25, eval_strategy="steps", eval_steps=4,
+                     save_strategy="steps", save_steps=4, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+                     greater_is_better=True)  # "best" = highest loss: an early, mid-anneal checkpoint
+    trainer = KGeluTrainer(model=model, args=args, train_dataset=blocks["train"], eval_dataset=blocks["validation"])
+    with caplog.at_level(logging.WARNING, logger="hf_kgelu.trainer"):
+        trainer.train()
+    best = trainer.state.best_model_checkpoint
+    from safetensors.torch import load_file
+
+    saved = load_file(f"{best}/model.safetensors")
+    for name, site in trained_sites(trainer.model):
+        assert torch.equal(site.theta.detach(), saved[f"{name}.theta"])  # the trainer's model is the best one
+    assert not best.endswith("checkpoint-12")
+    assert any("not at the annealing target" in r.getMessage() for r in caplog.records)
+    from hf_kgelu.metrics import evaluate_model
+
+    report = trainer.evaluate_substitution()
+    assert report.kgelu_before == pytest.approx(evaluate_model(trainer.model, blocks["validation"])["perplexity"], rel=1e-5)
