@@ -472,6 +472,16 @@ def _load_tokenizer(checkpoint):
         return None
 
 
+def _load_processor(checkpoint):
+    """The tokenizer or image processor of a checkpoint that is not a local folder (a Hub id)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(checkpoint)
+    except (OSError, ValueError, KeyError, TypeError):
+        return _load_tokenizer(checkpoint)
+
+
 def _find_in_run(checkpoint: Path, match) -> Path | None:
     """A file of the checkpoint folder, or of its run folder (the parent of `checkpoint-N`)."""
     for folder in (checkpoint, checkpoint.parent):
@@ -533,7 +543,8 @@ def relu_ize_checkpoint(
     if plot_file is None:
         plot_file = _find_in_run(source, lambda name: name.endswith(".png") and ("lambda" in name or "hardness" in name))
     folder = save_relu_model(
-        relu_model, output_dir, report=report, substitution=substitution, source=source if source.is_dir() else None,
+        relu_model, output_dir, report=report, substitution=substitution,
+        source=source if source.is_dir() else None, processor=None if source.is_dir() else _load_processor(checkpoint),
         overwrite=overwrite, repo_id=push_to_hub, base_model=base_model, datasets=datasets,
         eval_dataset=Path(eval_data).name if eval_data is not None else None, training=training,
         plot_file=plot_file, license=license,

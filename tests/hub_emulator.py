@@ -182,8 +182,9 @@ def _handler_for(hub: HubEmulator):
             return
         repo_id = f"{payload.get('organization') or 'emulator-user'}/{payload['name']}"
         url = f"{hub.url}/{repo_id}"
-        if repo_id in hub.repos:
-            return h._error(409, "You already created this model repo")
+        if repo_id in hub.repos:  # the Hub names the existing repo: create_repo(exist_ok=True) returns it
+            message = "You already created this model repo"
+            return h._send(409, {"error": message, "url": url}, {"X-Error-Message": message})
         hub.create_repo(repo_id, private=payload.get("visibility") == "private" or bool(payload.get("private")))
         h._send(200, {"url": url, "name": repo_id, "id": repo_id})
 

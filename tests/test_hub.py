@@ -241,6 +241,9 @@ def test_failed_pushes_keep_the_folder_say_how_to_retry_and_hide_the_token(tmp_p
     # the card now names the repo, locally and on the Hub alike
     assert 'from_pretrained("alice/vit-relu")' in (folder / "README.md").read_text()
     assert hub.file("alice/vit-relu", "README.md") == (folder / "README.md").read_bytes()
+    commits = len(hub.repos["alice/vit-relu"]["commits"])
+    push_relu_model(folder, "alice/vit-relu", token=hub.token, endpoint=hub.url)  # again: repo exists, nothing changed
+    assert len(hub.repos["alice/vit-relu"]["commits"]) == commits and hub.unhandled == []
 
 
 def test_cli_refuses_a_non_empty_output_dir_before_loading_anything(tmp_path, capsys):

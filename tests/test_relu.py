@@ -267,6 +267,23 @@ def test_metrics_are_exact():
         evaluate_model(nn.Linear(2, 2), [{"input_ids": torch.zeros(2)}])
 
 
+def test_eval_data_from_a_datasets_folder(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from hf_kgelu.metrics import load_eval_data
+
+    model = tiny_model("vit")
+    g = torch.Generator().manual_seed(5)
+    pixels, labels = torch.randn(9, 1, 8, 8, generator=g), torch.randint(0, 10, (9,), generator=g)
+    rows = [{"pixel_values": p, "labels": int(y)} for p, y in zip(pixels, labels)]
+    DatasetDict({"validation": Dataset.from_dict({"pixel_values": pixels.numpy(), "label": labels.numpy(),
+                                                  "note": ["x"] * 9})}).save_to_disk(str(tmp_path / "digits"))
+    data = load_eval_data(tmp_path / "digits")
+    assert evaluate_model(model, data, batch_size=4) == evaluate_model(model, rows, batch_size=9)
+    with pytest.raises(ValueError, match="split="):
+        load_eval_data(tmp_path / "digits", split="train")
+
+
 def test_substitution_report_is_the_table_row_and_leaves_models_alone():
     lam = target_lambda(0.02, "act_sup")
     model, gelu = _annealed("vit", lam), tiny_model("vit", activation="gelu", seed=0)
