@@ -98,7 +98,9 @@ def _number(value: float, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
-def _training_rows(report: ReluReport, training: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+def _training_values(report: ReluReport, training: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What the card says about the run: the config's kgelu settings and the sites' τ, overridden
+    by the caller's `training` record; λ* is derived from ε and the bound when not given."""
     values: dict[str, Any] = {}
     settings = {key.rpartition(".")[2]: value for key, value in report.kgelu_settings.items()}
     for field_name in ("init", "lambda_init", "lambda_range", "per_channel", "tau"):
@@ -112,6 +114,11 @@ def _training_rows(report: ReluReport, training: Mapping[str, Any] | None) -> li
     values.update({key: value for key, value in (training or {}).items() if value is not None})
     if "target_lambda" not in values and "tolerance" in values:
         values["target_lambda"] = target_lambda(float(values["tolerance"]), values.get("bound", "gate_l1"))
+    return values
+
+
+def _training_rows(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    values = dict(values)
     rows = [(label, _number(values.pop(key))) for key, label in TRAINING_FIELDS if key in values]
     rows += [(key, _number(value)) for key, value in sorted(values.items())]  # anything else the caller recorded
     return rows
@@ -159,7 +166,7 @@ def render_model_card(
 ) -> str:
     """The README.md of a ReLU-ized model: Hub YAML metadata and a truthful body.
 
-    `training` holds what the card cannot read from the model: `eta` (θ learning rate),
+    `training` holds what the card cannot read from the model: `eta` (θ learns at learning_rate × η),
     `anneal_start`, `tolerance` (ε), `bound`, `target_lambda` (λ*), and optionally `tau`,
     `init`, ... (any other key is listed as is). `plot_file` is a file name inside the model
     folder (the per-layer λ plot), linked from the card.
@@ -189,6 +196,8 @@ def render_model_card(
         undefined=jinja2.StrictUndefined,
     )
     worst = {bound: report.tolerance(bound) for bound in BOUNDS}
+    training_values = _training_values(report, training)
+    annealed_to = training_values.get("target_lambda")
     return template.render(
         card_data=card_data.to_yaml(),
         model_name=model_name,
@@ -202,7 +211,8 @@ def render_model_card(
         num_gelu=sum(site.activation != KGELU_NAME for site in report.sites),
         min_lambda=f"{report.min_lambda:.4g}",
         worst=[(_BOUND_TEXT[bound], f"{worst[bound]:.3g}") for bound in BOUNDS],
-        training_rows=_training_rows(report, training),
+        training_rows=_training_rows(training_values),
+        annealed_to=_number(float(annealed_to)) if annealed_to is not None else None,
         site_rows=_site_rows(report),
         plot_file=plot_file,
         substitution=substitution.as_markdown() if substitution is not None else None,
