@@ -99,6 +99,14 @@ def _model_device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype float inputs (pixel values) must have: a bf16 model takes bf16 images."""
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def _labels(batch: Mapping) -> torch.Tensor | None:
     value = batch.get("labels", batch.get("label"))
     return None if value is None else torch.as_tensor(value)
@@ -115,7 +123,7 @@ def evaluate_model(model: nn.Module, data, task: str | None = None, batch_size: 
     task = task or infer_task(model)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
-    device = _model_device(model)
+    device, dtype = _model_device(model), _model_dtype(model)
     was_training = model.training
     model.eval()
     correct = examples = 0
@@ -123,6 +131,7 @@ def evaluate_model(model: nn.Module, data, task: str | None = None, batch_size: 
     try:
         for batch in iter_batches(data, batch_size):
             inputs = {k: torch.as_tensor(v).to(device) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+            inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
             if not inputs:
                 raise ValueError(f"a batch has none of the model input keys {MODEL_INPUT_KEYS}; its keys: {sorted(batch)}")
             labels = _labels(batch)
