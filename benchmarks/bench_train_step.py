@@ -1,0 +1,200 @@
+"""Training-step time and peak memory: GELU vs λ-GELU (ours) vs a naive λ-GELU module.
+
+Models are built from configs (no pretrained weights needed): GPT-2 small (12 layers, 768
+wide, batch 8 × 1024 tokens) and DeiT-small (12 layers, 384 wide, 224² images, batch 64), bf16
+autocast, fused AdamW. "gelu" is the exact (erf) GELU; "kgelu" is this package's activation
+(the Triton kernel on CUDA); "kgelu-torch" is the same with HF_KGELU_FORCE_REFERENCE (the torch
+path); "naive" is a plain module computing x·½·(1 + erf(λx/√2)) with λ = 1 + softplus(θ/τ).
+
+    python benchmarks/bench_train_step.py --model gpt2
+    python benchmarks/bench_train_step.py --model deit --csv outputs/bench/train_step_deit.csv
+    python benchmarks/bench_train_step.py --tiny --device cpu --steps 2   # smoke test
+
+Each variant is built fresh (same seed), warmed up, then timed step by step with CUDA events;
+the sequence of variants is repeated (--repeats) and the median over all timed steps reported,
+with each repeat's median alongside to show the spread. Prints a table, writes a CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+from torch import nn
+
+VARIANTS = ("gelu", "kgelu", "kgelu-torch", "naive")
+
+
+class NaiveKGELU(nn.Module):
+    """λ-GELU written the obvious way, for comparison: autograd keeps every intermediate."""
+
+    def __init__(self, lambda_init: float, tau: float):
+        super().__init__()
+        from hf_kgelu.functional import theta_from_lambda
+
+        self.tau = tau
+        self.theta = nn.Parameter(torch.tensor([theta_from_lambda(lambda_init, tau)], dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lam = 1.0 + nn.functional.softplus(self.theta / self.tau)
+        return x * 0.5 * (1.0 + torch.erf(lam * x / math.sqrt(2.0)))
+
+
+def build_model(model: str, activation: str, tiny: bool):
+    import hf_kgelu  # noqa: F401  (registers "kgelu")
+    from transformers import DeiTConfig, DeiTForImageClassification, GPT2Config, GPT2LMHeadModel
+
+    act = "gelu" if activation == "gelu" else "kgelu"
+    if model == "gpt2":
+        size = dict(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=97) if tiny else dict(
+            n_layer=12, n_embd=768, n_head=12, n_positions=1024, vocab_size=50257
+        )
+        net = GPT2LMHeadModel(GPT2Config(**size, activation_function=act))
+    elif model == "deit":
+        size = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                    image_size=32, patch_size=8, num_labels=10) if tiny else dict(
+            num_hidden_layers=12, hidden_size=384, num_attention_heads=6, intermediate_size=1536,
+            image_size=224, patch_size=16, num_labels=1000)
+        net = DeiTForImageClassification(DeiTConfig(**size, hidden_act=act))
+    else:
+        raise ValueError(f"unknown model {model!r}: use gpt2 or deit")
+    if activation == "naive":
+        from hf_kgelu.modules import find_sites
+
+        for name, site in find_sites(net):
+            parent_name, _, attr = name.rpartition(".")
+            lam = float(site.lam.detach().mean())
+            setattr(net.get_submodule(parent_name), attr, NaiveKGELU(lam, site.tau))
+    return net
+
+
+def make_batch(model: str, net, batch: int, seq: int, device: str):
+    cfg = net.config
+    if model == "gpt2":
+        ids = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+        return dict(input_ids=ids, labels=ids)
+    pixels = torch.randn(batch, cfg.num_channels, cfg.image_size, cfg.image_size, device=device)
+    return dict(pixel_values=pixels, labels=torch.randint(0, cfg.num_labels, (batch,), device=device))
+
+
+def run_variant(args, variant: str) -> tuple[list[float], int]:
+    """Per-step times (ms) and peak memory (bytes) of one freshly built model."""
+    from hf_kgelu import functional
+
+    functional.FORCE_REFERENCE = variant == "kgelu-torch"
+    torch.manual_seed(0)
+    cuda = args.device.startswith("cuda")
+    net = build_model(args.model, variant, args.tiny).to(args.device)
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=cuda)
+    batch = make_batch(args.model, net, args.batch, args.seq, args.device)
+    autocast = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16)
+
+    def step():
+        with autocast:
+            loss = net(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step()
+    times = []
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(args.steps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        for _ in range(args.steps):
+            t0 = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t0) * 1e3)
+        peak = 0
+    functional.FORCE_REFERENCE = False
+    return times, peak
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gpt2", choices=["gpt2", "deit"])
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--batch", type=int, default=None, help="default: 8 (gpt2), 64 (deit)")
+    parser.add_argument("--seq", type=int, default=1024, help="tokens per sequence (gpt2)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tiny", action="store_true", help="2-layer, 32-wide models (smoke test)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--csv", default=None, help="default: outputs/bench/train_step_<model>.csv")
+    args = parser.parse_args(argv)
+    if args.batch is None:
+        args.batch = 8 if args.model == "gpt2" else 64
+    if args.tiny:
+        args.seq = min(args.seq, 64)
+    csv_path = args.csv or f"outputs/bench/train_step_{args.model}.csv"
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    names = args.variants.split(",")
+    unknown = set(names) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    import transformers
+
+    header = (f"# {args.model}{' (tiny)' if args.tiny else ''}, batch {args.batch}"
+              f"{f' × {args.seq} tokens' if args.model == 'gpt2' else ''}, bf16 autocast, fused AdamW; "
+              f"{device_name}, torch {torch.__version__}, transformers {transformers.__version__}, {stamp}")
+    print(header, flush=True)
+    times = {v: [] for v in names}
+    per_repeat = {v: [] for v in names}
+    peaks = {v: 0 for v in names}
+    for repeat in range(args.repeats):
+        for v in names:
+            t, peak = run_variant(args, v)
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()  # the variant's model is gone: start the next one clean
+            times[v] += t
+            per_repeat[v].append(statistics.median(t))
+            peaks[v] = max(peaks[v], peak)
+            print(f"repeat {repeat} {v:12s} median {statistics.median(t):8.2f} ms  peak {peak / 2**30:6.2f} GiB", flush=True)
+
+    base = statistics.median(times[names[0]])
+    base_peak = peaks[names[0]] or 1
+    records = []
+    for v in names:
+        med = statistics.median(times[v])
+        records.append(dict(
+            model=args.model, tiny=args.tiny, device=device_name, batch=args.batch, variant=v,
+            step_ms_median=med, step_ms_per_repeat=" ".join(f"{m:.2f}" for m in per_repeat[v]),
+            vs_first=med / base, peak_gib=peaks[v] / 2**30, peak_vs_first=peaks[v] / base_peak,
+        ))
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    print(header)
+    print(f"{'variant':12} {'step ms':>9} {'per repeat':>18} {f'vs {names[0]}':>9} {'peak GiB':>9} {f'peak vs {names[0]}':>13}")
+    for r in records:
+        print(f"{r['variant']:12} {r['step_ms_median']:9.2f} {r['step_ms_per_repeat']:>18} {r['vs_first']:9.3f} "
+              f"{r['peak_gib']:9.2f} {r['peak_vs_first']:13.3f}")
+    print(f"CSV: {csv_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

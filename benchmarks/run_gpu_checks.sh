@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU checks of the λ-GELU kernel in one go (tests, then benchmarks), each step time-boxed.
+# One log (log.txt, also echoed) and the benchmarks' CSVs go under $1 (default outputs/gpu).
+# Run from the repository root on a CUDA machine:
+#   bash benchmarks/run_gpu_checks.sh outputs/gpu [steps...]
+# steps: tests sweep kernel train_gpt2 train_deit (default: tests kernel train_gpt2 train_deit)
+set -uo pipefail
+out=${1:-outputs/gpu}; shift || true
+steps=${*:-tests kernel train_gpt2 train_deit}
+mkdir -p "$out"
+log="$out/log.txt"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+py=${PYTHON:-python3}
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+  $py -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+  date -u; } 2>&1 | tee -a "$log"
+for step in $steps; do
+  start=$(date +%s)
+  echo "===== $step" | tee -a "$log"
+  case $step in
+    tests) timeout "${TESTS_S:-240}" $py -m pytest -q -p no:cacheprovider -rfE tests/test_kernel_gpu.py tests/test_functional.py ;;
+    sweep) timeout "${SWEEP_S:-150}" $py benchmarks/bench_kernel.py --sweep-only --csv "$out/bench_kernel.csv" ;;
+    kernel) timeout "${KERNEL_S:-180}" $py benchmarks/bench_kernel.py --csv "$out/bench_kernel.csv" ;;
+    train_gpt2) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model gpt2 --csv "$out/train_step_gpt2.csv" ;;
+    train_deit) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model deit --csv "$out/train_step_deit.csv" ;;
+    *) echo "unknown step $step" ;;
+  esac 2>&1 | tee -a "$log"
+  echo "===== $step: exit ${PIPESTATUS[0]} in $(( $(date +%s) - start )) s" | tee -a "$log"
+done
