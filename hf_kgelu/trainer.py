@@ -287,9 +287,9 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
     callback runs the same schedule, but puts θ under weight decay at the base learning rate
     and keeps no history copy in the checkpoints.
 
-    Multi-GPU: freezing θ mid-run is safe under DDP's default `find_unused_parameters=True` for
-    transformers models; with activation checkpointing the Trainer turns that off, so pass
-    `ddp_find_unused_parameters=True` when annealing.
+    Multi-GPU: freezing θ mid-run needs DDP's `find_unused_parameters=True`, the Trainer's default
+    for transformers models except under activation checkpointing; `KGeluTrainer` then sets
+    `ddp_find_unused_parameters=True` unless you chose a value.
     """
 
     def __init__(self):
@@ -545,6 +545,21 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
 # The trainer
 
 
+def _keep_ddp_working_when_theta_freezes(model, args: KGeluTrainingArguments) -> None:
+    """θ stops receiving gradients at the switch; DDP without unused-parameter detection then fails with
+    "Expected to have finished reduction in the prior iteration". The Trainer turns detection off under
+    activation checkpointing, so turn it back on there (unless the user decided)."""
+    if args.kgelu_anneal_start is None or args.ddp_find_unused_parameters is not None:
+        return
+    checkpointing = any(getattr(args, name, False) for name in ("activation_checkpointing", "gradient_checkpointing"))
+    checkpointing = checkpointing or any(
+        getattr(model, name, False) for name in ("is_activation_checkpointing", "is_gradient_checkpointing")
+    )
+    if checkpointing:
+        args.ddp_find_unused_parameters = True
+        logger.info("ddp_find_unused_parameters=True: θ freezes at the anneal start and DDP must not wait for its gradient")
+
+
 class KGeluTrainer(Trainer):
     """`Trainer` for λ-GELU models: θ optimizer group, annealing, hardness logging, exact resume.
 
@@ -562,6 +577,7 @@ class KGeluTrainer(Trainer):
             )
         if model is not None:
             prepare_hardness(model, args)
+        _keep_ddp_working_when_theta_freezes(model, args)
         callbacks = list(callbacks or [])
         if not any(isinstance(cb, KGeluHardnessCallback) or cb is KGeluHardnessCallback for cb in callbacks):
             callbacks.append(KGeluHardnessCallback())

@@ -295,3 +295,14 @@ def test_load_best_model_at_end_is_what_substitution_evaluates(tmp_path, caplog)
 
     report = trainer.evaluate_substitution()
     assert report.kgelu_before == pytest.approx(evaluate_model(trainer.model, blocks["validation"])["perplexity"], rel=1e-5)
+
+
+def test_ddp_unused_parameter_detection_is_kept_on_when_annealing_under_checkpointing(tmp_path):
+    # Verified on 2 GPUs (tests/test_trainer_gpu.py): without it DDP fails once θ stops getting gradients.
+    def chosen(**overrides):
+        return KGeluTrainer(model=tiny_gpt2(), args=make_args(tmp_path, **overrides)).args.ddp_find_unused_parameters
+
+    assert chosen(gradient_checkpointing=True) is True
+    assert chosen(gradient_checkpointing=True, ddp_find_unused_parameters=False) is False  # the user's choice
+    assert chosen(gradient_checkpointing=True, kgelu_anneal_start="none") is None  # θ never freezes
+    assert chosen() is None  # the Trainer's own default (find unused) stays in charge

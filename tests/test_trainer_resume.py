@@ -80,7 +80,7 @@ def test_resume_reproduces_the_uninterrupted_trajectory(tmp_path, uninterrupted,
 
 RESUME_SCRIPT = """
 import json, sys
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {root!r}]
 import torch
 torch.set_num_threads(1)
 from test_trainer_resume import _run
@@ -93,7 +93,7 @@ def test_resume_in_a_fresh_process(tmp_path, uninterrupted):
     """The real case: the process that trained is gone; all state comes from the checkpoint folder."""
     _run(tmp_path, stop=12, save_steps=4)
     out = tmp_path / "trajectory.json"
-    script = RESUME_SCRIPT.format(tests=str(TESTS_DIR), output_dir=str(tmp_path), out=str(out))
+    script = RESUME_SCRIPT.format(tests=str(TESTS_DIR), root=str(TESTS_DIR.parent), output_dir=str(tmp_path), out=str(out))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=300, cwd=tmp_path)
     trajectory = json.loads(out.read_text())
