@@ -12,7 +12,7 @@
     settings              the kgelu_* training arguments
     steps                 [{step, epoch, phase ("learn"|"anneal"), lambda {site: mean λ},
                             lambda_min/lambda_max (per-channel sites only), mean, drift}]
-    epochs                [{epoch, step, drift}]  drift D between consecutive epoch ends
+    epochs                [{epoch, step, lambda, drift}]  λ at each epoch end, drift D from the one before
 """
 
 from __future__ import annotations

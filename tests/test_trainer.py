@@ -231,11 +231,15 @@ def test_site_above_target_at_switch_warns_and_still_ends_at_target(tmp_path, ca
 def test_learning_without_annealing(tmp_path):
     model = tiny_gpt2()
     watch = ThetaWatch()
-    args = make_args(tmp_path, max_steps=8, kgelu_anneal_start="none")
-    KGeluTrainer(model=model, args=args, train_dataset=text_blocks()["train"], callbacks=[watch]).train()
+    args = make_args(tmp_path, max_steps=8, kgelu_anneal_start="none", kgelu_log_every=3, logging_steps=100)
+    trainer = KGeluTrainer(model=model, args=args, train_dataset=text_blocks()["train"], callbacks=[watch])
+    trainer.train()
     assert all(watch.moved(step) for step in range(1, 9))
     history = read_history(tmp_path)
     assert history["anneal_start_step"] is None and {e["phase"] for e in history["steps"]} == {"learn"}
+    assert [e["step"] for e in history["steps"]] == [0, 3, 6, 8]  # every kgelu_log_every steps, and the end
+    assert [e["step"] for e in trainer.state.log_history if "kgelu/lambda_mean" in e] == [3, 6]
+    assert history["steps"][-1]["lambda"]["h.0"] == lambdas(model)["transformer.h.0.mlp.act"].item()
 
 
 def test_converted_gelu_model_and_hardness_init_policy(tmp_path):
