@@ -111,7 +111,9 @@ class MLPForSequenceClassification(MLPPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict=None, **kwargs):
+    # No **kwargs: the Trainer would then pass num_items_in_batch and stop scaling the loss for
+    # gradient accumulation, which this mean-reduced loss needs.
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict=None):
         if pixel_values.dim() > 2:
             pixel_values = pixel_values.flatten(1)
         if pixel_values.shape[-1] != self.config.num_features:
