@@ -67,16 +67,26 @@ class AnnealingSchedule:
             return 0.0
         return min(step - self.start_step, self.max_steps - self.start_step) / (self.max_steps - self.start_step)
 
-    def lambda_at(self, step: int, start_lambda: torch.Tensor | float) -> torch.Tensor | float:
+    def lambda_at(
+        self, step: int, start_lambda: torch.Tensor | float, target: torch.Tensor | float | None = None
+    ) -> torch.Tensor | float:
         """λ(step) from the λ learned by the switch, computed in float64.
 
-        At step ≥ S the result is exactly λ* (no rounding from the interpolation)."""
+        `target` overrides λ* for one site (data-aware targets: a number, or one per channel).
+        At step ≥ S the result is exactly the target (no rounding from the interpolation)."""
+        target = self.target_lambda if target is None else target
+        if isinstance(target, torch.Tensor) and not isinstance(start_lambda, torch.Tensor):
+            start_lambda = torch.tensor(float(start_lambda), dtype=torch.float64)
         if step >= self.max_steps:
+            if isinstance(target, torch.Tensor):
+                return torch.broadcast_tensors(target.to(torch.float64), start_lambda.to(torch.float64))[0].clone()
             if isinstance(start_lambda, torch.Tensor):
-                return torch.full_like(start_lambda, self.target_lambda, dtype=torch.float64)
-            return self.target_lambda
+                return torch.full_like(start_lambda, target, dtype=torch.float64)
+            return target
         fraction = self.progress(step)
+        if isinstance(target, torch.Tensor):
+            target = target.to(torch.float64)
         if isinstance(start_lambda, torch.Tensor):
             start = start_lambda.to(torch.float64)
-            return start + (self.target_lambda - start) * fraction
-        return float(start_lambda) + (self.target_lambda - float(start_lambda)) * fraction
+            return start + (target - start) * fraction
+        return float(start_lambda) + (target - float(start_lambda)) * fraction

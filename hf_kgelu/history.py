@@ -7,7 +7,8 @@
     per_channel           {short name: bool}
     max_steps             S, optimizer steps of the run
     anneal_start_step     s₀ (null without annealing)
-    target_lambda         λ* (null without annealing)
+    target_lambda         λ* (null without annealing; with kgelu_bound="data" the largest site target)
+    target_lambdas        {short name: data-aware λ* (mean over channels)} (null unless kgelu_bound="data")
     anneal_start_lambda   {short name: mean λ at the switch} (null before it)
     settings              the kgelu_* training arguments
     steps                 [{step, epoch, phase ("learn"|"anneal"), lambda {site: mean λ},

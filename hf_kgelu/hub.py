@@ -112,7 +112,8 @@ def _training_values(report: ReluReport, training: Mapping[str, Any] | None) -> 
     if any(site.num_channels for site in report.sites):
         values["per_channel"] = True
     values.update({key: value for key, value in (training or {}).items() if value is not None})
-    if "target_lambda" not in values and "tolerance" in values:
+    # (a data-aware run has no single closed-form λ*: its per-site λ are in the site table)
+    if "target_lambda" not in values and "tolerance" in values and values.get("bound", "gate_l1") in BOUNDS:
         values["target_lambda"] = target_lambda(float(values["tolerance"]), values.get("bound", "gate_l1"))
     return values
 

@@ -14,7 +14,8 @@ def plot_hardness(run: str | os.PathLike | dict, out_png: str | os.PathLike | No
 
     The overview has a logarithmic y axis (learned λ near 1 and λ* in the hundreds share one
     plot); with annealing, a linear panel beside it shows the learned phase alone. The switch
-    step s₀ is a dashed vertical line and λ* a dotted horizontal one. Per-channel sites
+    step s₀ is a dashed vertical line and λ* a dotted horizontal one (one per site, in its colour,
+    with data-aware targets). Per-channel sites
     show their mean with the min–max band. `out_png` defaults to `hardness.png` beside the
     history file. Returns the PNG's path.
     """
@@ -35,6 +36,7 @@ def plot_hardness(run: str | os.PathLike | dict, out_png: str | os.PathLike | No
     sites = list(history.get("sites") or steps[-1]["lambda"])
 
     start, target = history.get("anneal_start_step"), history.get("target_lambda")
+    site_targets = history.get("target_lambdas") or {}
     learned = [e for e in steps if start is not None and e["step"] <= start]
     # A second panel on a linear scale shows the learned profile that the log-scale overview flattens.
     panels = 2 if len(learned) >= 2 else 1
@@ -49,6 +51,8 @@ def plot_hardness(run: str | os.PathLike | dict, out_png: str | os.PathLike | No
             x, y = zip(*points)
             color = colors(index / max(1, len(sites) - 1))
             axes.plot(x, y, color=color, linewidth=1.4, label=site if full else None)
+            if full and site in site_targets:  # data-aware runs: each site has its own λ*
+                axes.axhline(site_targets[site], color=color, linestyle=":", linewidth=0.9)
             if history.get("per_channel", {}).get(site):
                 low = [e["lambda_min"][site] for e in entries if site in e.get("lambda_min", {})]
                 high = [e["lambda_max"][site] for e in entries if site in e.get("lambda_max", {})]
@@ -59,7 +63,7 @@ def plot_hardness(run: str | os.PathLike | dict, out_png: str | os.PathLike | No
         axes.set_xlabel("optimizer step")
         axes.set_ylabel("hardness λ")
         axes.grid(True, which="both", alpha=0.25)
-    if target is not None:
+    if target is not None and not site_targets:
         overview.axhline(target, color="gray", linestyle=":", linewidth=1, label=f"λ* = {target:.4g}")
     overview.set_yscale("log")
     overview.set_title(title or "λ-GELU hardness per site")

@@ -14,6 +14,9 @@ whose activations are λ-GELU (`hidden_act="kgelu"`, or a GELU model passed thro
 - resumes exactly: the λ learned by the switch is saved in every checkpoint's
   `trainer_state.json` and restored whenever training resumes, with or without
   `restore_callback_states_from_checkpoint`;
+- with `kgelu_bound="data"`, chooses at the switch one target per site (the smallest λ whose mean
+  swap error on that site's real pre-activations is ≤ ε, from a few training batches: see
+  `hf_kgelu.data_aware`) and stores the targets beside the switch λ, so resuming reproduces them;
 - logs λ per site, the mean λ, the drift D and the anneal phase through the Trainer's own logs
   (so every `report_to` integration receives them), and keeps `hardness_history.json` in
   `output_dir` (and a copy in each checkpoint) for `hf_kgelu.plotting.plot_hardness`.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -44,6 +48,7 @@ from .peft_utils import trained_sites
 logger = logging.getLogger(__name__)
 
 REINIT_MODES = ("auto", "always", "never")
+DATA_BOUND = "data"  # per-site targets from the sites' real pre-activations (hf_kgelu.data_aware)
 LOG_PREFIX = "kgelu/"
 
 
@@ -97,7 +102,20 @@ class KGeluTrainingArguments(TrainingArguments):
         default=0.005, metadata={"help": "tolerance ε that sets λ* through kgelu_bound (0.005 with gate_l1: λ* ≈ 160)"}
     )
     kgelu_bound: str = field(
-        default="gate_l1", metadata={"help": f"closed-form bound turning ε into λ*: {', '.join(BOUNDS)}"}
+        default="gate_l1",
+        metadata={"help": f"how ε becomes λ*: a closed-form bound ({', '.join(BOUNDS)}), or '{DATA_BOUND}': per site, the "
+                          "smallest λ whose mean |λ-GELU − ReLU| on that site's pre-activations (a few training batches "
+                          "at the switch) is ≤ ε"},
+    )
+    kgelu_data_relative: bool = field(
+        default=True,
+        metadata={"help": "kgelu_bound='data': ε is relative to each site's output scale E|ReLU(x)| (else absolute)"},
+    )
+    kgelu_data_batches: int = field(
+        default=4, metadata={"help": "kgelu_bound='data': training batches whose pre-activations set the targets"}
+    )
+    kgelu_data_per_channel: bool = field(
+        default=False, metadata={"help": "kgelu_bound='data': one target per channel at per-channel sites (else one per site)"}
     )
     kgelu_target_lambda: Optional[float] = field(
         default=None, metadata={"help": "explicit annealing target λ* ≥ 1 (overrides kgelu_tolerance)"}
@@ -153,8 +171,10 @@ class KGeluTrainingArguments(TrainingArguments):
         self.kgelu_anneal_start = start
         if not _is_number(self.kgelu_tolerance) or self.kgelu_tolerance <= 0:
             raise ValueError(f"kgelu_tolerance (ε) must be a finite number > 0, got {self.kgelu_tolerance!r}")
-        if self.kgelu_bound not in BOUNDS:
-            raise ValueError(f"kgelu_bound must be one of {', '.join(BOUNDS)}, got {self.kgelu_bound!r}")
+        if self.kgelu_bound not in (*BOUNDS, DATA_BOUND):
+            raise ValueError(f"kgelu_bound must be one of {', '.join((*BOUNDS, DATA_BOUND))}, got {self.kgelu_bound!r}")
+        if isinstance(self.kgelu_data_batches, bool) or not isinstance(self.kgelu_data_batches, int) or self.kgelu_data_batches < 1:
+            raise ValueError(f"kgelu_data_batches must be a positive number of batches, got {self.kgelu_data_batches!r}")
         if self.kgelu_target_lambda is not None and (not _is_number(self.kgelu_target_lambda) or self.kgelu_target_lambda < 1):
             raise ValueError(
                 f"kgelu_target_lambda (λ*) must be a finite number ≥ 1 (λ = 1 is GELU), got {self.kgelu_target_lambda!r}"
@@ -165,10 +185,18 @@ class KGeluTrainingArguments(TrainingArguments):
             raise ValueError(f"kgelu_log_every must be a positive number of optimizer steps (or None), got {self.kgelu_log_every!r}")
 
     @property
-    def kgelu_resolved_target_lambda(self) -> float:
-        """λ*: `kgelu_target_lambda` when given, else the λ that meets `kgelu_tolerance` under `kgelu_bound`."""
+    def kgelu_data_targets(self) -> bool:
+        """Whether the targets are chosen per site from data at the switch (`kgelu_bound="data"`, no explicit λ*)."""
+        return self.kgelu_bound == DATA_BOUND and self.kgelu_target_lambda is None
+
+    @property
+    def kgelu_resolved_target_lambda(self) -> float | None:
+        """λ*: `kgelu_target_lambda` when given, else the λ that meets `kgelu_tolerance` under `kgelu_bound`;
+        None with data-aware targets (they are chosen per site at the switch)."""
         if self.kgelu_target_lambda is not None:
             return float(self.kgelu_target_lambda)
+        if self.kgelu_bound == DATA_BOUND:
+            return None
         return target_lambda(self.kgelu_tolerance, self.kgelu_bound)
 
     def kgelu_settings(self) -> dict:
@@ -271,6 +299,10 @@ def prepare_hardness(model: nn.Module, args: KGeluTrainingArguments) -> None:
 # The callback: schedule, freezing, history
 
 
+def _mean(value: float | list[float]) -> float:
+    return sum(value) / len(value) if isinstance(value, list) else float(value)
+
+
 def _site_lambda(site: KGELU) -> torch.Tensor:
     """λ of a site as float64 on the CPU (the float32 λ, exactly)."""
     return site.lam.detach().to(device="cpu", dtype=torch.float64)
@@ -295,7 +327,9 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
     def __init__(self):
         self.start_lambda: dict[str, list[float]] | None = None  # site name -> λ at the switch
         self.start_step: int | None = None
+        self.site_targets: dict[str, float | list[float]] | None = None  # site name -> data-aware λ*
         self.resume_dir: str | None = None
+        self.data_forward = None  # set by KGeluTrainer: runs a few training batches through a model
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -308,7 +342,10 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
 
     # ---- ExportableState
     def state(self) -> dict:
-        return {"args": {}, "attributes": {"start_lambda": self.start_lambda, "start_step": self.start_step}}
+        return {
+            "args": {},
+            "attributes": {"start_lambda": self.start_lambda, "start_step": self.start_step, "site_targets": self.site_targets},
+        }
 
     # ---- measurements
     def site_stats(self) -> dict[str, dict[str, float]]:
@@ -350,16 +387,50 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
                 self.frozen_by_us.append(site)
             site.theta.grad = None
 
-    def _record_switch(self, step: int, target: float) -> None:
+    def _site_target(self, name: str) -> float | torch.Tensor:
+        """λ* of one site: its data-aware target when there are some, else the run's λ*."""
+        if self.site_targets is None:
+            return self.schedule.target_lambda
+        value = self.site_targets[name]
+        return torch.tensor(value, dtype=torch.float64) if isinstance(value, list) else float(value)
+
+    def _choose_data_targets(self, args, model) -> None:
+        """kgelu_bound="data": per-site targets from the pre-activations of a few training batches."""
+        from .data_aware import data_aware_targets
+
+        if self.data_forward is None:
+            raise ValueError(
+                "kgelu_bound='data' chooses the targets from training batches at the switch, which needs KGeluTrainer "
+                "(a stock Trainer does not hand the callback its data): train with hf_kgelu.KGeluTrainer, or use a "
+                "closed-form bound"
+            )
+        self.site_targets = data_aware_targets(
+            model, lambda: self.data_forward(model), args.kgelu_tolerance, relative=args.kgelu_data_relative,
+            per_channel=args.kgelu_data_per_channel, seed=args.seed, sites=self.sites,
+        )
+        self._use_site_targets()
+        logger.info("data-aware annealing targets: %s", {s: _mean(self.site_targets[n]) for s, (n, _) in zip(self.short_names, self.sites)})
+
+    def _use_site_targets(self) -> None:
+        # The schedule's λ* becomes the largest site target (what the history and the model card report).
+        largest = max(max(v) if isinstance(v, list) else v for v in self.site_targets.values())
+        self.schedule = dataclasses.replace(self.schedule, target_lambda=float(largest))
+
+    def _record_switch(self, step: int, args, model) -> None:
         self.start_step = step
         self.start_lambda = {name: _site_lambda(site).tolist() for name, site in self.sites}
-        above = [short for short, (name, _) in zip(self.short_names, self.sites) if max(self.start_lambda[name]) > target]
+        if getattr(args, "kgelu_data_targets", False) and self.site_targets is None:
+            self._choose_data_targets(args, model)
+        above = [
+            short for short, (name, _) in zip(self.short_names, self.sites)
+            if (torch.tensor(self.start_lambda[name], dtype=torch.float64) > self._site_target(name)).any()
+        ]
         if above:
             logger.warning(
                 "λ-GELU site(s) %s learned a hardness above the annealing target λ* = %.6g by the switch (step %d): "
                 "annealing moves them down to λ*.",
                 ", ".join(above),
-                target,
+                self.schedule.target_lambda,
                 step,
             )
         self._freeze()
@@ -368,7 +439,8 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
         """Set every site to the λ that optimizer step `step` trains with."""
         for name, site in self.sites:
             start = torch.tensor(self.start_lambda[name], dtype=torch.float64)
-            site.set_lambda(self.schedule.lambda_at(min(step, self.schedule.max_steps), start).reshape(site.theta.shape))
+            lam = self.schedule.lambda_at(min(step, self.schedule.max_steps), start, self._site_target(name))
+            site.set_lambda(lam.reshape(site.theta.shape))
 
     # ---- history
     def _new_history(self, args, state) -> dict:
@@ -380,6 +452,7 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
             "max_steps": state.max_steps,
             "anneal_start_step": None,
             "target_lambda": None,
+            "target_lambdas": None,
             "anneal_start_lambda": None,
             "settings": args.kgelu_settings(),
             "steps": [],
@@ -405,6 +478,8 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
         h["max_steps"], h["settings"] = state.max_steps, args.kgelu_settings()
         if self.schedule is not None:
             h["anneal_start_step"], h["target_lambda"] = self.schedule.start_step, self.schedule.target_lambda
+        if self.site_targets is not None:
+            h["target_lambdas"] = {short: _mean(self.site_targets[name]) for short, (name, _) in zip(self.short_names, self.sites)}
         if self.start_lambda is not None:
             h["anneal_start_lambda"] = {
                 short: sum(self.start_lambda[name]) / len(self.start_lambda[name])
@@ -447,11 +522,12 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
         anneal = getattr(args, "kgelu_anneal_start", None)
         if anneal is not None and state.max_steps >= 1:
             target = args.kgelu_resolved_target_lambda
-            self.schedule = AnnealingSchedule.from_fraction(anneal, state.max_steps, target)
+            # Data-aware targets are chosen at the switch; until then λ* is only a placeholder.
+            self.schedule = AnnealingSchedule.from_fraction(anneal, state.max_steps, 1.0 if target is None else target)
 
         step = state.global_step
         if step == 0:
-            self.start_lambda = self.start_step = None
+            self.start_lambda = self.start_step = self.site_targets = None
             self.history = self._new_history(args, state)
         else:
             self._restore(state)
@@ -461,6 +537,11 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
             if self.start_lambda is not None:
                 # The switch happened before the checkpoint: continue the schedule it started.
                 self.schedule = AnnealingSchedule(self.start_step, state.max_steps, self.schedule.target_lambda)
+                if self.site_targets is not None:
+                    self._use_site_targets()
+                elif getattr(args, "kgelu_data_targets", False):
+                    logger.warning("the checkpoint holds no data-aware targets: choosing them again from the current model")
+                    self._choose_data_targets(args, model)
                 self._freeze()
             elif step >= self.schedule.start_step:
                 if step > 0:
@@ -471,7 +552,7 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
                         self.schedule.start_step,
                     )
                     self.schedule = AnnealingSchedule(step, state.max_steps, self.schedule.target_lambda)
-                self._record_switch(step, self.schedule.target_lambda)
+                self._record_switch(step, args, model)
         self._update_history_header(args, state)
         if step == 0:
             self._record(state, self.site_stats())
@@ -489,20 +570,25 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
             start_lambda = None
         self.start_lambda = start_lambda
         self.start_step = attributes.get("start_step") if start_lambda is not None else None
+        site_targets = attributes.get("site_targets") if start_lambda is not None else None
+        if site_targets is not None and set(site_targets) != names:
+            logger.warning("the checkpoint's data-aware targets name other λ-GELU sites than the model has; ignoring them")
+            site_targets = None
+        self.site_targets = site_targets
 
     def on_step_begin(self, args, state, control, **kwargs):
         # Set the λ this optimizer step trains with; between steps the model holds λ(global_step).
         if self.schedule is not None and self.start_lambda is not None:
             self._apply(state.global_step + 1)
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
         if args.kgelu_log_every and step % args.kgelu_log_every == 0:
             control.should_log = True
         every = args.kgelu_log_every or max(1, int(state.logging_steps or 1))
         switch = self.schedule is not None and self.start_lambda is None and step >= self.schedule.start_step
         if switch:
-            self._record_switch(step, self.schedule.target_lambda)
+            self._record_switch(step, args, model)
             self._update_history_header(args, state)
         if step % every == 0 or step >= state.max_steps or switch:
             self._record(state, self.site_stats())
@@ -524,9 +610,12 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
         if self.history is None:
             return
         if self.schedule is not None:
-            final = [float(_site_lambda(site).max()) for _, site in self.sites] + [float(_site_lambda(site).min()) for _, site in self.sites]
             target = self.schedule.target_lambda
-            if any(abs(v - target) > 1e-5 * target for v in final):
+            off = [
+                not torch.allclose(_site_lambda(site), torch.as_tensor(self._site_target(name), dtype=torch.float64).expand(site.theta.shape), rtol=1e-5, atol=0)
+                for name, site in self.sites
+            ]
+            if self.start_lambda is None or any(off):  # stopped before the switch, or before the end
                 logger.warning(
                     "training ended at step %d of %d with λ not at the annealing target λ* = %.6g (stopped early, or "
                     "load_best_model_at_end loaded an earlier checkpoint): the model is not yet as close to ReLU as "
@@ -581,6 +670,10 @@ class KGeluTrainer(Trainer):
         callbacks = list(callbacks or [])
         if not any(isinstance(cb, KGeluHardnessCallback) or cb is KGeluHardnessCallback for cb in callbacks):
             callbacks.append(KGeluHardnessCallback())
+        from .distributed import KGeluDistributedCallback  # multi-process: float32 θ under FSDP2, θ-sync check
+
+        if not any(isinstance(cb, KGeluDistributedCallback) or cb is KGeluDistributedCallback for cb in callbacks):
+            callbacks.append(KGeluDistributedCallback())
         self._kgelu_resume_dir: str | None = None
         super().__init__(model, args, *positional, callbacks=callbacks, **kwargs)
 
@@ -661,6 +754,7 @@ class KGeluTrainer(Trainer):
         callback = self.hardness_callback
         if callback is not None:
             callback.resume_dir = self._kgelu_resume_dir
+            callback.data_forward = self._kgelu_data_forward
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _load_callback_state(self) -> None:
@@ -668,6 +762,7 @@ class KGeluTrainer(Trainer):
         callback = self.hardness_callback  # a new instance when restore_callback_states_from_checkpoint=True
         if callback is not None:
             callback.resume_dir = self._kgelu_resume_dir
+            callback.data_forward = self._kgelu_data_forward
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
@@ -676,6 +771,32 @@ class KGeluTrainer(Trainer):
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             if os.path.isdir(folder):
                 callback.write_history(folder)
+
+    # ---- data-aware targets
+    def _kgelu_data_forward(self, model: nn.Module) -> None:
+        """Run `kgelu_data_batches` training batches through `model` (for `kgelu_bound="data"`).
+
+        The examples are a fixed random subset (seeded by `args.seed`, drawn from a private generator so
+        the training order is untouched), batched by the trainer's collator, and the same on every
+        process (not sharded), so every rank chooses the same targets."""
+        args = self.args
+        dataset = self.train_dataset
+        if dataset is None:
+            raise ValueError("kgelu_bound='data' needs a train_dataset: the targets come from a few of its batches")
+        batch_size = args.per_device_train_batch_size
+        wanted = args.kgelu_data_batches * batch_size
+        if isinstance(dataset, torch.utils.data.IterableDataset):
+            examples = list(itertools.islice(iter(dataset), wanted))
+        else:
+            order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(args.seed))[:wanted]
+            examples = [dataset[int(i)] for i in order]
+        if not examples:
+            raise ValueError("kgelu_bound='data': the train_dataset is empty")
+        collator = self._get_collator_with_removed_columns(self.data_collator, "kgelu data-aware targets")
+        for start in range(0, len(examples), batch_size):
+            inputs = self._prepare_inputs(collator(examples[start : start + batch_size]))
+            with self.accelerator.autocast():
+                model(**inputs)
 
     # ---- substitution
     def evaluate_substitution(self, eval_dataset=None, task: str | None = None, gelu_baseline: nn.Module | None = None):
