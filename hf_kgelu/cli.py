@@ -94,12 +94,29 @@ def _run_relu_ize(args) -> int:
     return 0
 
 
+def _add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="train a small DeiT on sklearn digits with GELU, ReLU and annealed λ-GELU; ReLU-ize; report (CPU, minutes)"
+    )
+    from .demo import add_demo_arguments  # argparse only: the heavy imports wait for run_demo
+
+    add_demo_arguments(parser)
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-kgelu", description="λ-GELU for Hugging Face models: train, anneal, ReLU-ize, publish.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_info(subparsers)
     _add_relu_ize(subparsers)
     _add_plot(subparsers)
+    _add_demo(subparsers)
     return parser
 
 

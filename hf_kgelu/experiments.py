@@ -60,10 +60,19 @@ def table_one(results: Sequence[tuple[str, PipelineResult]]) -> str:
     return markdown_table(["run", f"best val {metric}", "epoch", "mean λ (learned)", "drift D"], rows)
 
 
-def table_two(rows: Sequence[tuple[str, float | None, float | None]], metric: str) -> str:
-    """Table II: label, score with the original activation, after swapping it for ReLU, change."""
+def table_two(rows: Sequence[Sequence], metric: str) -> str:
+    """Table II: label, score with the original activation, after swapping it for ReLU, change —
+    and, when rows carry two more values, the validation loss before and after."""
+    with_loss = any(len(row) > 3 and row[3] is not None for row in rows)
     out = []
-    for label, before, after in rows:
+    for label, before, after, *loss in rows:
         change = f"{after - before:+.4f}" if before is not None and after is not None else "–"
-        out.append((label, fmt(before), fmt(after), change))
-    return markdown_table(["model", f"original {metric}", f"substituted (ReLU) {metric}", "change"], out)
+        line = [label, fmt(before), fmt(after), change]
+        if with_loss:
+            lb, la = (loss + [None, None])[:2]
+            line += [fmt(lb), fmt(la), f"{la - lb:+.4f}" if lb is not None and la is not None else "–"]
+        out.append(line)
+    headers = ["model", f"original {metric}", f"substituted (ReLU) {metric}", "change"]
+    if with_loss:
+        headers += ["original val loss", "substituted val loss", "change"]
+    return markdown_table(headers, out)

@@ -41,7 +41,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .hardness import hardness_profile
-from .metrics import IGNORE_INDEX, accuracy, evaluate_model, infer_task, perplexity
+from .metrics import IGNORE_INDEX, MODEL_INPUT_KEYS, accuracy, evaluate_model, infer_task, iter_batches, perplexity
 from .modules import find_sites
 from .registry import GELU_NAMES, KGELU_NAME, activation_config_keys, kgelu_config
 from .relu import gelu_module_classes, relu_ize, substitution_report
@@ -322,6 +322,26 @@ def _hardness_numbers(output_dir: str, sites_now: dict[str, float]) -> dict[str,
     }
 
 
+@torch.no_grad()
+def classification_loss(model: nn.Module, data, batch_size: int = 64) -> float:
+    """Mean cross-entropy over the evaluation set: a finer view of a swap than accuracy, which
+    moves only when a prediction flips."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in iter_batches(data, batch_size):
+            inputs = {k: torch.as_tensor(v).to(device) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+            labels = torch.as_tensor(batch.get("labels", batch.get("label"))).to(device)
+            logits = model(**inputs).logits.float()
+            total += float(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum"))
+            count += int((labels != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
 def _short_profile(model: nn.Module) -> dict[str, float]:
     from .trainer import short_site_names
 
@@ -363,14 +383,24 @@ def render_report(result: PipelineResult, *, title: str | None = None, command: 
     if result.substitution:
         s = result.substitution
         lines += ["## ReLU substitution (Table II row)", "", f"| model | {result.metric} before | after ReLU swap | change |", "|---|---:|---:|---:|"]
+        has_loss = s.get("loss_before") is not None
+        if has_loss:
+            lines[-2] += " val loss before | after | change |"
+            lines[-1] += "---:|---:|---:|"
+
+        def row(label, before, after, loss_before=None, loss_after=None):
+            text = f"| {label} | {_fmt(before)} | {_fmt(after)} | {after - before:+.4f} |"
+            if has_loss:
+                text += (f" {_fmt(loss_before)} | {_fmt(loss_after)} | {loss_after - loss_before:+.4f} |"
+                         if loss_before is not None else " – | – | – |")
+            return text
+
         if s.get("before") is not None:
             label = "λ-GELU (annealed) → ReLU" if result.activation == KGELU_NAME else "GELU → ReLU (direct swap)"
-            lines.append(f"| {label} | {_fmt(s['before'])} | {_fmt(s['after'])} | {s['after'] - s['before']:+.4f} |")
+            lines.append(row(label, s["before"], s["after"], s.get("loss_before"), s.get("loss_after")))
         if s.get("gelu_before") is not None and result.activation == KGELU_NAME:
-            lines.append(
-                f"| GELU baseline → ReLU (direct swap) | {_fmt(s['gelu_before'])} | {_fmt(s['gelu_after'])} "
-                f"| {s['gelu_after'] - s['gelu_before']:+.4f} |"
-            )
+            lines.append(row("GELU baseline → ReLU (direct swap)", s["gelu_before"], s["gelu_after"],
+                             s.get("gelu_loss_before"), s.get("gelu_loss_after")))
         lines.append("")
     if result.lambda_learned:
         lines += ["## Learned λ per layer", "", "| site | λ learned | λ final |", "|---|---:|---:|"]
@@ -575,12 +605,24 @@ def _measure_and_publish(result: PipelineResult, model, trainer, args, eval_data
                                       batch_size=args.per_device_eval_batch_size)
             result.substitution = {"before": sub.kgelu_before, "after": sub.kgelu_after,
                                    "gelu_before": sub.gelu_before, "gelu_after": sub.gelu_after}
-        if relu_output_dir is not None:
+        if relu_output_dir is not None or (substitution and task == "classification"):
             relu_model, report = relu_ize(model, inplace=False)
+        if substitution and task == "classification":
+            batch = args.per_device_eval_batch_size
+            result.substitution["loss_before"] = classification_loss(model, eval_dataset, batch)
+            result.substitution["loss_after"] = classification_loss(relu_model, eval_dataset, batch)
+            if gelu_baseline is not None:
+                result.substitution["gelu_loss_before"] = classification_loss(gelu_baseline, eval_dataset, batch)
+                swapped, _ = relu_ize(gelu_baseline, inplace=False, include_gelu=True)
+                result.substitution["gelu_loss_after"] = classification_loss(swapped, eval_dataset, batch)
     elif result.activation == "gelu" and (substitution or relu_output_dir is not None):
         relu_model, report = relu_ize(model, inplace=False, include_gelu=True)
         after = evaluate_model(relu_model, eval_dataset, task=task, batch_size=args.per_device_eval_batch_size)[result.metric]
         result.substitution = {"before": result.final_score, "after": after, "gelu_before": None, "gelu_after": None}
+        if task == "classification":
+            batch = args.per_device_eval_batch_size
+            result.substitution["loss_before"] = classification_loss(model, eval_dataset, batch)
+            result.substitution["loss_after"] = classification_loss(relu_model, eval_dataset, batch)
     elif relu_output_dir is not None:
         logger.warning("the model is already ReLU: nothing to relu-ize, no ReLU folder written (its checkpoint is %s)", args.output_dir)
 
