@@ -13,6 +13,11 @@ DEFAULT_TAU = 0.1
 DEFAULT_LAMBDA_INIT = 1.05
 
 
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is a DTensor (θ sharded by FSDP2 between steps)."""
+    return hasattr(tensor, "full_tensor") and hasattr(tensor, "device_mesh")
+
+
 def check_tau(tau: float) -> float:
     if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
         raise ValueError(f"τ (tau) must be a finite number > 0, got {tau!r}")
@@ -49,8 +54,14 @@ class KGELU(nn.Module):
 
     @property
     def lam(self) -> torch.Tensor:
-        """λ as a float32 tensor shaped like θ, differentiable with respect to θ."""
-        return lambda_from_theta(self.theta, self.tau)
+        """λ as a float32 tensor shaped like θ, differentiable with respect to θ.
+
+        Under FSDP2 θ is a sharded DTensor between steps: it is gathered here (a collective, so
+        every rank must read λ at the same point, as the Trainer's callbacks do)."""
+        theta = self.theta
+        if _is_sharded(theta):
+            theta = theta.full_tensor()
+        return lambda_from_theta(theta, self.tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kgelu(x, self.lam)
@@ -64,7 +75,12 @@ class KGELU(nn.Module):
             value = value.detach().to(torch.float64).clamp_min(1.0 + 1e-6)
         else:
             value = torch.tensor(max(check_lambda(value), 1.0 + 1e-6), dtype=torch.float64)
-        self.theta.copy_(theta_from_lambda(value, self.tau).to(self.theta.device).expand_as(self.theta))
+        theta = theta_from_lambda(value, self.tau).to(device=self.theta.device, dtype=torch.float32).expand(self.theta.shape)
+        if _is_sharded(self.theta):  # FSDP2: every rank computes the full θ and writes its own shard
+            from torch.distributed.tensor import distribute_tensor
+
+            theta = distribute_tensor(theta.contiguous(), self.theta.device_mesh, self.theta.placements, src_data_rank=None)
+        self.theta.copy_(theta)
 
     @torch.no_grad()
     def set_tau(self, tau: float) -> None:

@@ -1,0 +1,223 @@
+"""λ-GELU under several processes (accelerate's DDP and FSDP2): θ kept float32 and in sync.
+
+- DDP: θ is an ordinary replicated parameter; its gradient is all-reduced with the rest, so every
+  rank applies the same update and holds the same θ bit for bit. The freeze at the anneal start
+  needs `find_unused_parameters` (see `KGeluTrainer`).
+- FSDP2 (`fully_shard`): θ is sharded along dim 0 like every parameter (a (1,) θ lives on rank 0,
+  the other ranks hold an empty shard) and all-gathered for the forward. `KGELU.lam` gathers it
+  and `KGELU.set_lambda` writes each rank's shard, so the annealing callback works unchanged.
+  With a low-precision `MixedPrecisionPolicy` (accelerate's bf16) FSDP2 would all-gather θ in
+  bf16, and λ = 1 + softplus(θ/τ) would be computed from a rounded θ (λ* ≈ 160 lands on a
+  0.6-wide grid). `shard_kgelu_sites` therefore makes every λ-GELU site its own FSDP2 unit with a
+  float32 policy before accelerate wraps the rest: θ is sharded, gathered and reduced in float32,
+  the activations it gates stay bf16. `KGeluDistributedCallback` does that at `on_init_end`.
+- `KGeluDistributedCallback` also checks, at every logged step, that all ranks hold the same θ and
+  agree on the step and on which sites are frozen (i.e. annealing started on the same step), and
+  logs `kgelu/theta_sync_max_diff`. A mismatch raises on every rank at once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from .modules import KGELU, find_sites
+from .peft_utils import trained_sites
+
+logger = logging.getLogger(__name__)
+
+SYNC_LOG_KEY = "kgelu/theta_sync_max_diff"
+
+
+class ThetaSyncError(RuntimeError):
+    """The ranks of a distributed run disagree on θ, on the step or on the anneal phase."""
+
+
+def world_size() -> int:
+    """Processes in the default group (1 when torch.distributed is not initialised)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return 1
+    return torch.distributed.get_world_size()
+
+
+def _sharded(tensor: torch.Tensor) -> bool:
+    return hasattr(tensor, "full_tensor") and hasattr(tensor, "device_mesh")
+
+
+def full_theta(site: KGELU) -> torch.Tensor:
+    """θ of a site as a plain tensor (gathered when FSDP2 shards it: a collective)."""
+    theta = site.theta.detach()
+    return theta.full_tensor() if _sharded(theta) else theta
+
+
+def _fsdp2_low_precision_policy():
+    """accelerate's FSDP2 plugin when it casts parameters to a low precision for compute, else None."""
+    try:
+        from accelerate.state import AcceleratorState
+    except ImportError:  # pragma: no cover - accelerate is a dependency
+        return None
+    state = AcceleratorState._shared_state
+    plugin = state.get("fsdp_plugin") if state else None
+    if plugin is None or getattr(plugin, "fsdp_version", 1) != 2:
+        return None
+    policy = getattr(plugin, "mixed_precision_policy", None)
+    param_dtype = getattr(policy, "param_dtype", None)
+    if param_dtype is None or param_dtype == torch.float32:
+        return None
+    return plugin
+
+
+def shard_kgelu_sites(model: nn.Module, mesh=None, offload_policy=None) -> int:
+    """Make every λ-GELU site of `model` its own FSDP2 unit whose θ stays float32.
+
+    Call it after the process group exists and before the rest of the model is sharded
+    (accelerate skips modules that are already FSDP units). θ is sharded, all-gathered for the
+    forward and reduce-scattered in float32; the site's input and output keep their dtype.
+    Returns the number of sites sharded (already sharded sites are left alone)."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
+    kwargs = {"mesh": mesh, "mp_policy": policy}
+    if offload_policy is not None:
+        kwargs["offload_policy"] = offload_policy
+    count = 0
+    for _, site in find_sites(model):
+        if isinstance(site, FSDPModule) or _sharded(site.theta):
+            continue
+        # θ must not be resharded lazily: reshard after forward so that between steps it is
+        # always the sharded parameter that the optimizer and set_lambda see.
+        fully_shard(site, reshard_after_forward=True, **kwargs)
+        count += 1
+    return count
+
+
+def _accelerate_fsdp2_mesh():
+    """The FSDP mesh accelerate will use (None: `fully_shard`'s default, the whole world)."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    mesh = state.get("device_mesh") if state else None
+    config = state.get("parallelism_config") if state else None
+    if mesh is not None and config is not None:
+        return mesh[tuple(config.fsdp_dim_names)]
+    return None
+
+
+def _sync_sites(model: nn.Module) -> list[tuple[str, KGELU]]:
+    return trained_sites(model) or find_sites(model)
+
+
+def theta_sync_vector(model: nn.Module, step: int, switch_step: int | None = None) -> torch.Tensor:
+    """[step, switch step (-1: none yet), frozen flag per site…, θ of every site…] as float64:
+    what every rank must agree on."""
+    sites = _sync_sites(model)
+    thetas = [full_theta(site).reshape(-1).to(torch.float64) for _, site in sites]
+    device = thetas[0].device if thetas else torch.device("cpu")
+    head = [float(step), -1.0 if switch_step is None else float(switch_step)]
+    head += [0.0 if site.theta.requires_grad else 1.0 for _, site in sites]
+    return torch.cat([torch.tensor(head, dtype=torch.float64, device=device), *thetas])
+
+
+def check_theta_sync(model: nn.Module, step: int = 0, switch_step: int | None = None) -> float:
+    """All-gather `theta_sync_vector` and compare the ranks; returns the largest |θ difference|
+    (0.0 when they agree, which is the only outcome that does not raise).
+
+    Raises `ThetaSyncError` on every rank when the ranks disagree on the step, on the step at
+    which θ froze (`switch_step`, as each rank saw it), on which sites are frozen, or on θ.
+    Returns 0.0 without a process group. Every rank must call it at the same point."""
+    if world_size() == 1:
+        return 0.0
+    import torch.distributed as dist
+
+    local = theta_sync_vector(model, step, switch_step)
+    if dist.get_backend() == "nccl" and not local.is_cuda:
+        local = local.cuda()
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    gathered = [g.cpu() for g in gathered]
+    reference, head = gathered[0], 2 + len(_sync_sites(model))
+    for rank, other in enumerate(gathered[1:], start=1):
+        if other[0] != reference[0]:
+            raise ThetaSyncError(f"rank {rank} is at optimizer step {int(other[0])}, rank 0 at {int(reference[0])}")
+        if not torch.equal(other[1:head], reference[1:head]):
+            raise ThetaSyncError(
+                f"at step {step} rank {rank} and rank 0 disagree on the anneal switch (switch step, then frozen flag "
+                f"per site: {other[1:head].tolist()} vs {reference[1:head].tolist()}): θ must freeze on the same step "
+                "everywhere"
+            )
+    diff = max(float((g[head:] - reference[head:]).abs().max()) if reference.numel() > head else 0.0 for g in gathered)
+    if diff != 0.0:
+        raise ThetaSyncError(
+            f"at step {step} the ranks hold different θ (largest difference {diff:.3g}): the λ-GELU hardness is not "
+            "reduced like the other parameters (a wrapper that skips θ, or per-rank optimizer settings); every rank "
+            "must apply the same θ update"
+        )
+    return diff
+
+
+class KGeluDistributedCallback(TrainerCallback):
+    """Keeps λ-GELU right under several processes (`KGeluTrainer` adds it; a no-op in one process).
+
+    - `on_init_end`: under FSDP2 with a low-precision parameter dtype, shards every λ-GELU site
+      as its own float32 unit (`shard_kgelu_sites`) before accelerate wraps the model.
+    - every logged step (and the last): `check_theta_sync`, logged as `kgelu/theta_sync_max_diff`;
+      `checked_steps` lists the steps checked and `switch_step` the first step every rank saw θ
+      frozen (None before the switch).
+    """
+
+    def __init__(self, check_sync: bool = True):
+        self.check_sync = check_sync
+        self.checked_steps: list[int] = []
+        self.switch_step: int | None = None
+        self.last_diff: float | None = None
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is None or _fsdp2_low_precision_policy() is None:
+            return
+        plugin = _fsdp2_low_precision_policy()
+        if getattr(plugin, "cpu_ram_efficient_loading", False):
+            raise ValueError(
+                "FSDP2 with cpu_ram_efficient_loading cannot load λ-GELU models whose θ is kept float32 in its own "
+                "FSDP unit: set `fsdp_cpu_ram_efficient_loading: false` in the accelerate config (as "
+                "scripts/accelerate_configs/fsdp.yaml does)"
+            )
+        offload = getattr(plugin, "cpu_offload", None)
+        count = shard_kgelu_sites(model, mesh=_accelerate_fsdp2_mesh(), offload_policy=offload)
+        if count:
+            logger.info("FSDP2: %d λ-GELU site(s) sharded as float32 units (θ is not cast to %s)", count,
+                        plugin.mixed_precision_policy.param_dtype)
+
+    def _note_switch(self, state, model) -> None:
+        # Local and cheap (no collective), every step: the first step this rank sees every θ frozen.
+        if self.switch_step is None and model is not None:
+            sites = _sync_sites(model)
+            if sites and all(not site.theta.requires_grad for _, site in sites):
+                self.switch_step = state.global_step
+
+    def _check(self, state, model) -> None:
+        if not self.check_sync or model is None or world_size() == 1:
+            return
+        if self.checked_steps and self.checked_steps[-1] == state.global_step:
+            return
+        self.last_diff = check_theta_sync(model, state.global_step, self.switch_step)
+        self.checked_steps.append(state.global_step)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.checked_steps, self.switch_step, self.last_diff = [], None, None
+        self._note_switch(state, model)  # resumed past the switch: frozen from the start
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._note_switch(state, model)
+        every = getattr(args, "kgelu_log_every", None) or max(1, int(state.logging_steps or 1))
+        if state.global_step % every == 0 or state.global_step >= state.max_steps:
+            self._check(state, model)
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+        # The Trainer has already appended `logs` to log_history: add the value there too.
+        if logs is not None and "loss" in logs and self.last_diff is not None:
+            logs[SYNC_LOG_KEY] = self.last_diff
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1][SYNC_LOG_KEY] = self.last_diff
