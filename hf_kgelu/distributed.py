@@ -3,14 +3,16 @@
 - DDP: θ is an ordinary replicated parameter; its gradient is all-reduced with the rest, so every
   rank applies the same update and holds the same θ bit for bit. The freeze at the anneal start
   needs `find_unused_parameters` (see `KGeluTrainer`).
-- FSDP2 (`fully_shard`): θ is sharded along dim 0 like every parameter (a (1,) θ lives on rank 0,
-  the other ranks hold an empty shard) and all-gathered for the forward. `KGELU.lam` gathers it
-  and `KGELU.set_lambda` writes each rank's shard, so the annealing callback works unchanged.
-  With a low-precision `MixedPrecisionPolicy` (accelerate's bf16) FSDP2 would all-gather θ in
-  bf16, and λ = 1 + softplus(θ/τ) would be computed from a rounded θ (λ* ≈ 160 lands on a
-  0.6-wide grid). `shard_kgelu_sites` therefore makes every λ-GELU site its own FSDP2 unit with a
-  float32 policy before accelerate wraps the rest: θ is sharded, gathered and reduced in float32,
-  the activations it gates stay bf16. `KGeluDistributedCallback` does that at `on_init_end`.
+- FSDP2 (`fully_shard`): θ is a DTensor between steps. `KGELU.lam` gathers it and
+  `KGELU.set_lambda` writes each rank's part, so the annealing callback works unchanged. Left in
+  a transformer block's unit, a (1,) θ is sharded like any parameter (rank 0 holds it, the others
+  an empty shard). With a low-precision `MixedPrecisionPolicy` (accelerate's bf16) FSDP2 would
+  all-gather θ in bf16 and λ = 1 + softplus(θ/τ) would come from a rounded θ (λ* ≈ 160 lands on
+  a 0.6-wide grid); and accelerate remaps the optimizer's parameters by data pointer, which is 0
+  for every empty shard. So under bf16 FSDP2 `shard_kgelu_sites` makes every λ-GELU site its own
+  FSDP2 unit on a (world × 1) mesh with a float32 policy: θ is kept whole (replicated) on every
+  rank by construction, its gradient all-reduced in float32 by FSDP2 itself, while the
+  activations it gates stay bf16. `KGeluDistributedCallback` does that at `on_init_end`.
 - `KGeluDistributedCallback` also checks, at every logged step, that all ranks hold the same θ and
   agree on the step and on which sites are frozen (i.e. annealing started on the same step), and
   logs `kgelu/theta_sync_max_diff`. A mismatch raises on every rank at once.
@@ -70,40 +72,38 @@ def _fsdp2_low_precision_policy():
     return plugin
 
 
-def shard_kgelu_sites(model: nn.Module, mesh=None, offload_policy=None) -> int:
-    """Make every λ-GELU site of `model` its own FSDP2 unit whose θ stays float32.
+def replicated_site_mesh():
+    """A (world × 1) device mesh: FSDP2 on it replicates (HSDP with shards of one rank)."""
+    from torch.distributed.device_mesh import init_device_mesh
 
-    Call it after the process group exists and before the rest of the model is sharded
-    (accelerate skips modules that are already FSDP units). θ is sharded, all-gathered for the
-    forward and reduce-scattered in float32; the site's input and output keep their dtype.
-    Returns the number of sites sharded (already sharded sites are left alone)."""
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return init_device_mesh(device_type, (world_size(), 1), mesh_dim_names=("kgelu_replicate", "kgelu_shard"))
+
+
+def shard_kgelu_sites(model: nn.Module, mesh=None, offload_policy=None) -> int:
+    """Make every λ-GELU site of `model` its own FSDP2 unit whose θ stays float32 and whole.
+
+    The unit lives on a (world × 1) mesh (`replicated_site_mesh`): FSDP2 replicates θ on every
+    rank (like DDP) and all-reduces its gradient, in float32, while the rest of the model is
+    sharded and computed in bf16. Whole θ on every rank also gives every θ its own storage, which
+    accelerate's parameter remapping needs (empty shards all share data pointer 0). The site's
+    input and output keep their dtype. Call after the process group exists and before the rest
+    of the model is sharded (accelerate skips modules that are already FSDP units). Returns the
+    number of sites sharded (already sharded sites are left alone)."""
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+    sites = [site for _, site in find_sites(model) if not isinstance(site, FSDPModule) and not _sharded(site.theta)]
+    if not sites:
+        return 0
     policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
-    kwargs = {"mesh": mesh, "mp_policy": policy}
+    kwargs = {"mesh": mesh if mesh is not None else replicated_site_mesh(), "mp_policy": policy}
     if offload_policy is not None:
         kwargs["offload_policy"] = offload_policy
-    count = 0
-    for _, site in find_sites(model):
-        if isinstance(site, FSDPModule) or _sharded(site.theta):
-            continue
-        # θ must not be resharded lazily: reshard after forward so that between steps it is
-        # always the sharded parameter that the optimizer and set_lambda see.
+    for site in sites:
+        # Resharded after every forward, so that outside forward/backward `site.theta` is always the
+        # parameter the optimizer holds (set_lambda must write there, not into a gathered copy).
         fully_shard(site, reshard_after_forward=True, **kwargs)
-        count += 1
-    return count
-
-
-def _accelerate_fsdp2_mesh():
-    """The FSDP mesh accelerate will use (None: `fully_shard`'s default, the whole world)."""
-    from accelerate.state import AcceleratorState
-
-    state = AcceleratorState._shared_state
-    mesh = state.get("device_mesh") if state else None
-    config = state.get("parallelism_config") if state else None
-    if mesh is not None and config is not None:
-        return mesh[tuple(config.fsdp_dim_names)]
-    return None
+    return len(sites)
 
 
 def _sync_sites(model: nn.Module) -> list[tuple[str, KGELU]]:
@@ -185,7 +185,7 @@ class KGeluDistributedCallback(TrainerCallback):
                 "scripts/accelerate_configs/fsdp.yaml does)"
             )
         offload = getattr(plugin, "cpu_offload", None)
-        count = shard_kgelu_sites(model, mesh=_accelerate_fsdp2_mesh(), offload_policy=offload)
+        count = shard_kgelu_sites(model, offload_policy=offload)
         if count:
             logger.info("FSDP2: %d λ-GELU site(s) sharded as float32 units (θ is not cast to %s)", count,
                         plugin.mixed_precision_policy.param_dtype)

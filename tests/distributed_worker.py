@@ -9,8 +9,9 @@ Everything that needs the process group happens in this one launch (gloo start-u
    `save_pretrained` calls per rank.
 2. The same run resumed from its step-4 checkpoint (into another output_dir).
 3. FSDP2 by hand (`fully_shard`, bf16 parameter policy as accelerate's fsdp.yaml sets it; accelerate
-   runs FSDP only on GPUs): λ-GELU sites sharded as float32 units by `shard_kgelu_sites`; how θ is
-   sharded, the dtype θ has inside the forward, λ read and written through the DTensor, freezing.
+   runs FSDP only on GPUs): λ-GELU sites as float32 units replicated by `shard_kgelu_sites`; how θ
+   is laid out, its dtype inside the forward, its gradient, λ read and written through the
+   DTensor, freezing.
 
 Each rank writes OUT_DIR/rank{R}.json; rank 0 also writes the trained weights (safetensors).
 """
@@ -133,6 +134,8 @@ def fsdp2_theta(out: Path, rank: int) -> dict:
         "local_numel": [site.theta.to_local().numel() for site in sites],
         "global_shape": list(sites[0].theta.shape),
         "dtype": str(sites[0].theta.dtype),
+        "block_rows": model.transformer.h[0].mlp.c_fc.weight.shape[0],
+        "block_local_rows": model.transformer.h[0].mlp.c_fc.weight.to_local().shape[0],
     }
     blocks = text_blocks()["train"]["input_ids"][:16]
     mine = blocks[rank * 8 : rank * 8 + 8]  # a global batch of 16, 8 per rank

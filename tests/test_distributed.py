@@ -7,9 +7,10 @@ multi-process work; the single-process twin runs here. What is checked:
   checkpoints written by rank 0 only, an exact resume, and the same λ trajectory, weights and
   ReLU model as one process with the same global batch;
 - the sync check raises on every rank when θ or the switch step differ;
-- FSDP2 (`fully_shard` with a bf16 parameter policy): a (1,) θ shards to rank 0 (rank 1 holds an
-  empty shard), stays float32 in the forward, gets the global batch's gradient, and reads/writes/
-  freezes correctly through the DTensor.
+- FSDP2 (`fully_shard` with a bf16 parameter policy, as accelerate applies it): each λ-GELU site is
+  its own float32 unit replicated over the ranks (`shard_kgelu_sites`), θ stays whole and float32
+  in the forward, gets the global batch's mean gradient, and reads/writes/freezes correctly
+  through the DTensor while the blocks around it are sharded.
 """
 
 from __future__ import annotations
@@ -141,17 +142,19 @@ def test_same_result_as_one_process_with_the_same_global_batch(launched, single)
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_fsdp2_shards_a_scalar_theta_and_keeps_it_float32(launched):
+def test_fsdp2_keeps_theta_whole_and_float32_next_to_bf16_blocks(launched):
     _, (r0, r1) = launched
     f0, f1 = r0["fsdp2"], r1["fsdp2"]
     assert f0["sites_sharded"] == f1["sites_sharded"] == 2
     for f in (f0, f1):
-        assert f["type"] == "DTensor" and f["placements"] == ["S(0)"] and f["global_shape"] == [1]
-        assert f["dtype"] == "torch.float32"
+        # a DTensor replicated over the ranks (HSDP with one-rank shards): whole θ on every rank
+        assert f["type"] == "DTensor" and f["placements"] == ["R", "S(0)"] and f["global_shape"] == [1]
+        assert f["local_numel"] == [1, 1] and f["dtype"] == "torch.float32"
         # inside the forward FSDP2 hands the op the gathered θ, in float32 next to bf16 activations
         assert f["theta_is_plain"] and f["theta_dtype"] == "torch.float32" and f["input_dtype"] == "torch.bfloat16"
-    assert f0["local_numel"] == [1, 1] and f1["local_numel"] == [0, 0]  # (1,) θ lives on rank 0
-    # gathers agree, and after the freeze set_lambda wrote λ through the shards, untouched by the optimizer
+    # the blocks around the sites are sharded as usual: rank 1 holds the second half of c_fc
+    assert f0["block_local_rows"] + f1["block_local_rows"] == f0["block_rows"] and f1["block_local_rows"] > 0
+    # gathers agree, and after the freeze set_lambda wrote λ through the DTensor, untouched by the optimizer
     assert f0["first_grads"] == f1["first_grads"] and f0["lam_learned"] == f1["lam_learned"]
     assert f0["lam_after_freeze"] == f1["lam_after_freeze"] == [[40.0], [40.0]]
     assert f0["full_theta"] == f1["full_theta"]
