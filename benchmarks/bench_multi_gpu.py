@@ -362,7 +362,16 @@ def main(argv=None) -> int:
         return 0
 
     cpu = not torch.cuda.is_available()
+    from hf_kgelu.distributed import world_size
+
     result = {"tag": args.tag, "torch": torch.__version__, "throughput": [], "exactness": None}
+
+    def write():  # after every measurement: a launch cut short by a time limit still reports
+        result["world_size"] = world_size()
+        if int(os.environ.get("RANK", "0")) == 0 and args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1, default=str))
+
     for model in args.models.split(","):
         for activation in args.activations.split(","):
             started = time.perf_counter()
@@ -374,18 +383,14 @@ def main(argv=None) -> int:
             r["wall_s"] = time.perf_counter() - started
             result["throughput"].append(r)
             print(json.dumps(r), flush=True)
+            write()
     if not args.skip_exact:
         try:
             result["exactness"] = exactness(args, cpu, scratch, args.tag)
         except Exception as error:
             traceback.print_exc()
             result["exactness"] = {"error": repr(error)[:2000]}
-    from hf_kgelu.distributed import world_size
-
-    result["world_size"] = world_size()
-    if int(os.environ.get("RANK", "0")) == 0 and args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1, default=str))
+    write()
     return 0
 
 
