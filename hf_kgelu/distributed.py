@@ -221,3 +221,28 @@ class KGeluDistributedCallback(TrainerCallback):
             logs[SYNC_LOG_KEY] = self.last_diff
             if state.log_history and state.log_history[-1].get("step") == state.global_step:
                 state.log_history[-1][SYNC_LOG_KEY] = self.last_diff
+
+
+def gather_full_model(model: nn.Module) -> nn.Module | None:
+    """A plain copy of an FSDP2-sharded transformers model, on the CPU of rank 0 (None elsewhere).
+
+    A collective: every rank must call it. The copy is built from `model.config` with the
+    model's own class and loaded from the full state dict (θ included), so it can be evaluated,
+    ReLU-ized and saved on rank 0 alone, which the sharded model cannot (its forward all-gathers)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if world_size() > 1 and torch.distributed.get_rank() != 0:
+        return None
+    cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # FSDP2 subclasses the model's class
+    if not hasattr(model, "config"):
+        raise TypeError(f"gather_full_model rebuilds transformers models from their config; {cls.__name__} has none")
+    copy = cls(model.config)
+    missing, unexpected = copy.load_state_dict(state, strict=False)
+    tied = set(getattr(copy, "_tied_weights_keys", None) or [])
+    if unexpected or any(name not in tied for name in missing):
+        raise RuntimeError(f"the gathered state dict does not fit a fresh {cls.__name__}: missing {missing}, unexpected {unexpected}")
+    if missing and hasattr(copy, "tie_weights"):
+        copy.tie_weights()
+    return copy

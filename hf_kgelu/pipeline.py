@@ -565,6 +565,11 @@ def run_pipeline(
         trainer.save_model(args.output_dir)
 
     model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.is_fsdp_enabled:  # sharded: rank 0 measures and publishes a gathered plain copy (a collective)
+        from .distributed import gather_full_model
+
+        model = gather_full_model(model)
+        model = model.to(args.device) if model is not None else None
     result = PipelineResult(
         name=name or Path(args.output_dir).name, activation=activation, task=task, metric=metric,
         higher_is_better=higher_is_better, output_dir=str(args.output_dir), train_seconds=train_seconds,

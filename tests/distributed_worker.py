@@ -30,7 +30,13 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import GPT2LMHeadModel, TrainerCallback  # noqa: E402
 
-from hf_kgelu.distributed import ThetaSyncError, check_theta_sync, full_theta, shard_kgelu_sites  # noqa: E402
+from hf_kgelu.distributed import (  # noqa: E402
+    ThetaSyncError,
+    check_theta_sync,
+    full_theta,
+    gather_full_model,
+    shard_kgelu_sites,
+)
 from hf_kgelu.peft_utils import trained_sites  # noqa: E402
 from hf_kgelu.trainer import KGeluTrainer, KGeluTrainingArguments  # noqa: E402
 
@@ -155,10 +161,21 @@ def fsdp2_theta(out: Path, rank: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
     lam_after_freeze = [site.lam.detach().double().tolist() for site in sites]
     grads = [site.theta.grad is None for site in sites]
-    gathered = [full_theta(site).tolist() for site in sites]
+    thetas = [full_theta(site).tolist() for site in sites]
+    reference_fc = model.transformer.h[0].mlp.c_fc.weight.full_tensor()  # a collective, like the gather below
+    plain = gather_full_model(model)
+    gathered = None
+    if plain is not None:
+        gathered = {
+            "type": type(plain).__name__,
+            "any_dtensor": any(hasattr(p, "full_tensor") for p in plain.parameters()),
+            "lam": [site.lam.detach().double().tolist() for _, site in trained_sites(plain)],
+            "fc_equal": torch.equal(plain.transformer.h[0].mlp.c_fc.weight, reference_fc),
+            "tied": plain.lm_head.weight.data_ptr() == plain.transformer.wte.weight.data_ptr(),
+        }
     dist.barrier()
-    return {**layout, **seen, "first_grads": first_grads, "lam_learned": lam_learned, "lam_after_freeze": lam_after_freeze,
-            "theta_grad_is_none_after_freeze": grads, "full_theta": gathered}
+    return {**layout, "gathered_model": gathered, **seen, "first_grads": first_grads, "lam_learned": lam_learned, "lam_after_freeze": lam_after_freeze,
+            "theta_grad_is_none_after_freeze": grads, "full_theta": thetas}
 
 
 def divergence_is_caught(rank: int) -> dict:

@@ -161,6 +161,14 @@ def test_fsdp2_keeps_theta_whole_and_float32_next_to_bf16_blocks(launched):
     assert all(f0["theta_grad_is_none_after_freeze"]) and all(f1["theta_grad_is_none_after_freeze"])
 
 
+def test_gather_full_model_gives_rank0_a_plain_copy(launched):
+    _, (r0, r1) = launched
+    assert r1["fsdp2"]["gathered_model"] is None
+    gathered = r0["fsdp2"]["gathered_model"]
+    assert gathered["type"] == "GPT2LMHeadModel" and not gathered["any_dtensor"]
+    assert gathered["lam"] == [[40.0], [40.0]] and gathered["fc_equal"] and gathered["tied"]
+
+
 def test_fsdp2_theta_gradient_is_the_global_batch_mean(launched):
     """θ's gradient under FSDP2 is the mean over both ranks' halves: it matches the full batch in
     one process (float32, no sharding), and neither half alone."""
