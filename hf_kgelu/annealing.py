@@ -7,7 +7,10 @@ Optimizer steps 1..s₀ learn θ; at the end of step s₀ every θ is frozen and
     λ_l(s) = λ_l(s₀) + (λ* − λ_l(s₀))·(s − s₀)/(S − s₀)        for s₀ < s ≤ S
 
 is the hardness used during optimizer step s, so the last step trains at λ* and the trained
-model ends exactly at λ*. A site whose learned λ exceeds λ* moves down to it the same way.
+model ends exactly at λ*. The "geometric" shape moves log λ linearly instead,
+λ_l(s) = λ_l(s₀)·(λ*/λ_l(s₀))^((s − s₀)/(S − s₀)): with λ* ≈ 160 the linear shape is at λ ≈ 17
+after a tenth of the anneal (ReLU-like almost at once), the geometric one at λ ≈ 1.7, so the
+network hardens evenly over the whole anneal (what a short conversion fine-tune needs). A site whose learned λ exceeds λ* moves down to it the same way.
 Everything here is a pure function of the step, so a resumed run reproduces it bit for bit.
 """
 
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from .modules import check_lambda
+
+SHAPES = ("linear", "geometric")
 
 
 def anneal_start_step(anneal_start: float, max_steps: int) -> int:
@@ -40,11 +45,13 @@ def check_anneal_start(anneal_start: float) -> float:
 
 @dataclass(frozen=True)
 class AnnealingSchedule:
-    """The linear λ schedule of one run: switch at `start_step`, reach `target_lambda` at `max_steps`."""
+    """The λ schedule of one run: switch at `start_step`, reach `target_lambda` at `max_steps`,
+    linearly in λ ("linear", the paper's) or in log λ ("geometric")."""
 
     start_step: int
     max_steps: int
     target_lambda: float
+    shape: str = "linear"
 
     def __post_init__(self):
         if not isinstance(self.max_steps, int) or self.max_steps < 1:
@@ -52,10 +59,12 @@ class AnnealingSchedule:
         if not isinstance(self.start_step, int) or not 0 <= self.start_step < self.max_steps:
             raise ValueError(f"start_step must be an int in [0, max_steps), got {self.start_step!r} (max_steps={self.max_steps})")
         check_lambda(self.target_lambda, "target λ*")
+        if self.shape not in SHAPES:
+            raise ValueError(f"anneal shape must be one of {', '.join(SHAPES)}, got {self.shape!r}")
 
     @classmethod
-    def from_fraction(cls, anneal_start: float, max_steps: int, target_lambda: float) -> AnnealingSchedule:
-        return cls(anneal_start_step(anneal_start, max_steps), max_steps, float(target_lambda))
+    def from_fraction(cls, anneal_start: float, max_steps: int, target_lambda: float, shape: str = "linear") -> AnnealingSchedule:
+        return cls(anneal_start_step(anneal_start, max_steps), max_steps, float(target_lambda), shape)
 
     def is_annealing(self, step: int) -> bool:
         """Whether optimizer step `step` (1-based) runs with a scheduled, frozen λ."""
@@ -88,5 +97,9 @@ class AnnealingSchedule:
             target = target.to(torch.float64)
         if isinstance(start_lambda, torch.Tensor):
             start = start_lambda.to(torch.float64)
+            if self.shape == "geometric":
+                return start * torch.pow(target / start, fraction)
             return start + (target - start) * fraction
+        if self.shape == "geometric":
+            return float(start_lambda) * (target / float(start_lambda)) ** fraction
         return float(start_lambda) + (target - float(start_lambda)) * fraction

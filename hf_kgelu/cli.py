@@ -110,6 +110,72 @@ def _run_demo(args) -> int:
     return run_demo(args)
 
 
+def _add_convert(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="turn a pretrained GELU checkpoint into a ReLU model with a short λ-GELU annealing fine-tune (+ distillation)",
+        description="Load CHECKPOINT (GELU), fine-tune it for --budget optimizer steps on --data while every GELU anneals "
+        "to ReLU (λ-GELU from λ = 1, geometric schedule, distillation from the original model), swap in ReLU, and write "
+        "a stock-transformers ReLU model with its card to --output-dir.",
+    )
+    parser.add_argument("checkpoint", help="GELU checkpoint folder (config.json + safetensors weights)")
+    parser.add_argument("--budget", required=True,
+                        help="optimizer steps (200), or a share of the checkpoint's own training steps from its "
+                             "trainer_state.json (0.03 or 3%%)")
+    parser.add_argument("--data", required=True,
+                        help="training data: a datasets.save_to_disk folder (model-input columns + labels), or a text file "
+                             "(language models: token blocks; encoders: one sentence per line)")
+    parser.add_argument("--output-dir", required=True, help="folder for the ReLU model (must be empty or new, see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    parser.add_argument("--method", default="anneal", choices=("anneal", "swap_finetune", "swap"),
+                        help="anneal (default, the benchmark's winner), swap_finetune (swap then fine-tune), swap (no training)")
+    parser.add_argument("--no-distill", action="store_true", help="train on the task loss only (no teacher)")
+    parser.add_argument("--learning-rate", type=float, default=3e-4, help="peak learning rate, linear decay (default 3e-4)")
+    parser.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16)")
+    parser.add_argument("--anneal-start", type=float, default=0.0, help="fraction of the budget before λ starts to move (default 0)")
+    parser.add_argument("--bound", default="gate_l1", help="gate_l1 (λ* ≈ 160 at ε = 0.005), act_sup, act_l1, or data (per-site targets)")
+    parser.add_argument("--tolerance", type=float, default=0.005, help="ε of --bound (default 0.005)")
+    parser.add_argument("--block-size", type=int, default=128, help="tokens per block (text data; default 128)")
+    parser.add_argument("--split", help="split of a DatasetDict --data folder (default train)")
+    parser.add_argument("--task", choices=("classification", "causal_lm", "masked_lm", "embedding"), help="default: from the model")
+    parser.add_argument("--eval-data", help="evaluate GELU vs ReLU on this folder / text file and put the numbers in the card")
+    parser.add_argument("--eval-split", help="split of a DatasetDict --eval-data folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from .convert import run_convert
+
+    return run_convert(args)
+
+
+def _add_analyze(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "analyze",
+        help="activation sparsity per layer on real data: exact zeros and APoZ (ReLU) vs near-zeros (GELU)",
+        description="Run MODEL (and --compare GELU_MODEL) over --data and print, per MLP activation, the fraction of "
+        "exact zeros, APoZ over channels (Network Trimming), dead channels, and the fraction of near-zeros "
+        "(|f| < NEAR_ZERO × the layer's mean |f|).",
+    )
+    parser.add_argument("model", metavar="MODEL", help="checkpoint folder (typically the ReLU model)")
+    parser.add_argument("--data", required=True, help="a datasets.save_to_disk folder, or a text file (cut into token blocks)")
+    parser.add_argument("--compare", metavar="GELU_MODEL", help="a second checkpoint (typically the GELU original) for side-by-side columns")
+    parser.add_argument("--split", help="split of a DatasetDict --data folder")
+    parser.add_argument("--block-size", type=int, default=128, help="tokens per block for text data (default 128)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-batches", type=int, default=16, help="analyse at most this many batches (default 16)")
+    parser.add_argument("--near-zero", type=float, default=1e-3, help="near-zero threshold relative to the layer's mean |f| (default 1e-3)")
+    parser.add_argument("--json", help="also write the numbers to this JSON file")
+    parser.set_defaults(func=_run_analyze)
+
+
+def _run_analyze(args) -> int:
+    from .analysis import run_analyze
+
+    return run_analyze(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-kgelu", description="λ-GELU for Hugging Face models: train, anneal, ReLU-ize, publish.")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_relu_ize(subparsers)
     _add_plot(subparsers)
     _add_demo(subparsers)
+    _add_convert(subparsers)
+    _add_analyze(subparsers)
     return parser
 
 

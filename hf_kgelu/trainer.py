@@ -39,7 +39,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from .annealing import AnnealingSchedule, check_anneal_start
+from .annealing import SHAPES, AnnealingSchedule, check_anneal_start
 from .hardness import BOUNDS, DEFAULT_LAMBDA_RANGE, INIT_MODES, hardness_drift, init_lambdas, target_lambda
 from .history import HISTORY_FILENAME, HISTORY_FORMAT, HISTORY_VERSION, read_history, write_history
 from .modules import DEFAULT_LAMBDA_INIT, KGELU, find_sites
@@ -97,6 +97,11 @@ class KGeluTrainingArguments(TrainingArguments):
     kgelu_anneal_start: Optional[Union[float, str]] = field(
         default=0.25,
         metadata={"help": "fraction of the optimizer steps in [0, 1) after which θ freezes and λ anneals to λ*; none = learn λ throughout"},
+    )
+    kgelu_anneal_shape: str = field(
+        default="linear",
+        metadata={"help": f"how λ moves from the switch to λ*: {', '.join(SHAPES)} (linear in λ, the paper's; or in log λ, "
+                          "which hardens evenly: better for short conversions of pretrained GELU models)"},
     )
     kgelu_tolerance: float = field(
         default=0.005, metadata={"help": "tolerance ε that sets λ* through kgelu_bound (0.005 with gate_l1: λ* ≈ 160)"}
@@ -169,6 +174,8 @@ class KGeluTrainingArguments(TrainingArguments):
                     f"throughout, got {self.kgelu_anneal_start!r}"
                 ) from None
         self.kgelu_anneal_start = start
+        if self.kgelu_anneal_shape not in SHAPES:
+            raise ValueError(f"kgelu_anneal_shape must be one of {', '.join(SHAPES)}, got {self.kgelu_anneal_shape!r}")
         if not _is_number(self.kgelu_tolerance) or self.kgelu_tolerance <= 0:
             raise ValueError(f"kgelu_tolerance (ε) must be a finite number > 0, got {self.kgelu_tolerance!r}")
         if self.kgelu_bound not in (*BOUNDS, DATA_BOUND):
@@ -523,7 +530,9 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
         if anneal is not None and state.max_steps >= 1:
             target = args.kgelu_resolved_target_lambda
             # Data-aware targets are chosen at the switch; until then λ* is only a placeholder.
-            self.schedule = AnnealingSchedule.from_fraction(anneal, state.max_steps, 1.0 if target is None else target)
+            self.schedule = AnnealingSchedule.from_fraction(
+                anneal, state.max_steps, 1.0 if target is None else target, getattr(args, "kgelu_anneal_shape", "linear")
+            )
 
         step = state.global_step
         if step == 0:
@@ -536,7 +545,7 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
         if self.schedule is not None:
             if self.start_lambda is not None:
                 # The switch happened before the checkpoint: continue the schedule it started.
-                self.schedule = AnnealingSchedule(self.start_step, state.max_steps, self.schedule.target_lambda)
+                self.schedule = dataclasses.replace(self.schedule, start_step=self.start_step, max_steps=state.max_steps)
                 if self.site_targets is not None:
                     self._use_site_targets()
                 elif getattr(args, "kgelu_data_targets", False):
@@ -551,7 +560,7 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
                         step,
                         self.schedule.start_step,
                     )
-                    self.schedule = AnnealingSchedule(step, state.max_steps, self.schedule.target_lambda)
+                    self.schedule = dataclasses.replace(self.schedule, start_step=step, max_steps=state.max_steps)
                 self._record_switch(step, args, model)
         self._update_history_header(args, state)
         if step == 0:

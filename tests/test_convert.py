@@ -1,0 +1,156 @@
+"""Converting a pretrained GELU model to ReLU: the recipes, distillation, the budget, `hf-kgelu convert`."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel, GPT2LMHeadModel, Trainer, TrainingArguments
+
+from hf_kgelu import target_lambda
+from hf_kgelu.cli import main as cli_main
+from hf_kgelu.convert import (
+    EMBEDDING_TASK,
+    convert_gelu_to_relu,
+    distillation_loss,
+    embedding_cosine,
+    mean_pooled,
+    resolve_budget,
+)
+from hf_kgelu.metrics import evaluate_model
+from hf_kgelu.modules import find_sites
+from hf_kgelu.relu import gelu_module_classes
+
+from trainer_helpers import text_blocks, tiny_gpt2
+
+torch.set_num_threads(1)
+
+
+def _activations(model):
+    return {type(m).__name__ for m in model.modules() if isinstance(m, (nn.ReLU, *gelu_module_classes()))} | (
+        {"KGELU"} if find_sites(model) else set()
+    )
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny GELU GPT-2 trained for 40 steps on real text (bytes), saved with its trainer state."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    model = tiny_gpt2(activation="gelu_new")
+    args = TrainingArguments(output_dir=str(folder), max_steps=40, learning_rate=3e-3, per_device_train_batch_size=8,
+                             report_to="none", disable_tqdm=True, use_cpu=True, save_strategy="no", seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=text_blocks()["train"])
+    trainer.train()
+    trainer.save_model(str(folder))
+    trainer.state.save_to_json(str(folder / "trainer_state.json"))
+    return model.eval(), folder
+
+
+def test_resolve_budget(tmp_path):
+    assert resolve_budget("200", None) == 200 and resolve_budget(7, None) == 7
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 1000}))
+    assert resolve_budget("0.03", tmp_path) == 30 and resolve_budget("3%", tmp_path) == 30 and resolve_budget("0.0001", tmp_path) == 1
+    with pytest.raises(ValueError, match="trainer_state.json"):
+        resolve_budget("0.03", tmp_path / "elsewhere")
+    for bad in ("soon", "-1", "2.5"):
+        with pytest.raises(ValueError, match="--budget"):
+            resolve_budget(bad, tmp_path)
+
+
+def test_distillation_loss_is_kl_and_cosine():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    out = type("Out", (), {"logits": logits})
+    other = type("Out", (), {"logits": torch.randn(2, 5, 7)})
+    inputs = {"labels": torch.tensor([[1, 2, 3, -100, -100], [1, 2, 3, 4, 5]])}
+    assert distillation_loss(out, out, inputs, "causal_lm").item() == pytest.approx(0.0, abs=1e-7)
+    # KL(teacher ‖ student) over the 2 + 4 scored next-token positions
+    t, s = other.logits[..., :-1, :].log_softmax(-1), logits[..., :-1, :].log_softmax(-1)
+    kl = (t.exp() * (t - s)).sum(-1)
+    keep = inputs["labels"][..., 1:] != -100
+    assert distillation_loss(out, other, inputs, "causal_lm").item() == pytest.approx(kl[keep].mean().item(), rel=1e-6)
+    hidden = torch.randn(3, 4, 6)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    assert torch.allclose(mean_pooled(hidden, mask)[0], hidden[0, :2].mean(0))
+    a, b = type("O", (), {"last_hidden_state": hidden}), type("O", (), {"last_hidden_state": 2 * hidden})
+    assert distillation_loss(a, b, {"attention_mask": mask}, EMBEDDING_TASK).item() == pytest.approx(0.0, abs=1e-6)  # same direction
+
+
+@pytest.mark.parametrize("method, distill", [("anneal", True), ("anneal", False), ("swap_finetune", False)])
+def test_recipes_give_a_relu_model_closer_to_the_original_than_the_direct_swap(tmp_path, pretrained, method, distill):
+    gelu, _ = pretrained
+    blocks = text_blocks()
+    before = {k: v.clone() for k, v in gelu.state_dict().items()}
+    swap = convert_gelu_to_relu(gelu, blocks["train"], steps=1, method="swap")
+    result = convert_gelu_to_relu(gelu, blocks["train"], steps=12, method=method, distill=distill, output_dir=tmp_path,
+                                  learning_rate=1e-3, batch_size=8)
+    assert all(torch.equal(gelu.state_dict()[k], v) for k, v in before.items())  # the original is untouched
+    assert _activations(result.model) == {"ReLU"} and _activations(swap.model) == {"ReLU"}
+    assert result.model.config.activation_function == "relu" and not hasattr(result.model.config, "kgelu_tau")
+    assert len(result.report.sites) == 2 and result.steps == 12
+    if method == "anneal":  # the λ-GELU was annealed to λ* ≈ 160 before the swap
+        assert all(site.lam == pytest.approx(target_lambda(0.005), rel=1e-5) for site in result.report.sites)
+        assert result.settings["anneal_shape"] == "geometric"
+    ppl = {name: evaluate_model(model, blocks["validation"])["perplexity"]
+           for name, model in (("gelu", gelu), ("swap", swap.model), ("converted", result.model))}
+    assert ppl["swap"] > ppl["gelu"]  # the direct swap costs something on this model ...
+    assert ppl["converted"] < ppl["swap"]  # ... that the short fine-tune wins back
+
+
+def test_embedding_model_converts_by_distillation(tmp_path):
+    torch.manual_seed(0)
+    config = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=97,
+                        max_position_embeddings=32, hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    encoder = BertModel(config).eval()
+    with torch.no_grad():  # a random encoder's MLPs barely matter: make them, so the swap costs something
+        for layer in encoder.encoder.layer:
+            layer.output.dense.weight.mul_(20)
+    g = torch.Generator().manual_seed(1)
+    rows = [{"input_ids": torch.randint(1, 97, (12,), generator=g), "attention_mask": torch.ones(12, dtype=torch.long)}
+            for _ in range(64)]
+    with pytest.raises(ValueError, match="distill=True"):
+        convert_gelu_to_relu(encoder, rows, steps=4, distill=False)
+    swap = convert_gelu_to_relu(encoder, rows, steps=1, method="swap")
+    result = convert_gelu_to_relu(encoder, rows, steps=20, output_dir=tmp_path, learning_rate=1e-3, batch_size=16)
+    assert _activations(result.model) == {"ReLU"}
+    held_out = [{k: torch.stack([r[k] for r in rows[i : i + 16]]) for k in rows[0]} for i in range(0, 64, 16)]
+    assert embedding_cosine(swap.model, encoder, held_out) < 0.97 < 0.99 < embedding_cosine(result.model, encoder, held_out)
+
+
+def test_convert_command(tmp_path, pretrained, capsys):
+    _, checkpoint = pretrained
+    assert cli_main(["convert", str(checkpoint), "--budget", "soon", "--data", str(tmp_path), "--output-dir", str(tmp_path / "x")]) == 2
+    assert "--budget" in capsys.readouterr().err
+    data = tmp_path / "blocks"
+    text_blocks().save_to_disk(str(data))
+    out = tmp_path / "relu"
+    code = cli_main(["convert", str(checkpoint), "--budget", "25%", "--data", str(data), "--output-dir", str(out),
+                     "--batch-size", "8", "--learning-rate", "1e-3", "--eval-data", str(data), "--eval-split", "validation"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "for 10 steps" in printed and "perplexity: GELU" in printed  # 25 % of the 40 pretraining steps
+    config = json.loads((out / "config.json").read_text())
+    assert config["activation_function"] == "relu" and not any(k.startswith("kgelu_") for k in config)
+    assert (out / "model.safetensors").is_file() and "relu" in (out / "README.md").read_text().lower()
+    reloaded = GPT2LMHeadModel.from_pretrained(str(out))
+    assert _activations(reloaded) == {"ReLU"}
+    assert not list(tmp_path.glob("relu.*"))  # no trainer folder left beside the output
+    assert cli_main(["convert", str(checkpoint), "--budget", "3", "--data", str(data), "--output-dir", str(out)]) == 2  # not empty
+
+
+def test_geometric_schedule_moves_log_lambda_linearly(tmp_path):
+    from hf_kgelu.annealing import AnnealingSchedule
+    from hf_kgelu.trainer import KGeluTrainingArguments
+
+    schedule = AnnealingSchedule(0, 10, 160.0, "geometric")
+    values = [schedule.lambda_at(step, 1.0) for step in range(11)]
+    ratios = [b / a for a, b in zip(values, values[1:])]
+    assert values[0] == 1.0 and values[10] == 160.0 and all(r == pytest.approx(160 ** 0.1) for r in ratios)
+    start = torch.tensor([1.0, 4.0], dtype=torch.float64)
+    assert schedule.lambda_at(5, start, torch.tensor([16.0, 16.0], dtype=torch.float64)).tolist() == pytest.approx([4.0, 8.0])
+    linear = AnnealingSchedule(0, 10, 160.0)
+    assert linear.lambda_at(1, 1.0) == pytest.approx(16.9) and schedule.lambda_at(1, 1.0) < 2  # why conversions use it
+    with pytest.raises(ValueError, match="shape"):
+        AnnealingSchedule(0, 10, 160.0, "cosine")
+    with pytest.raises(ValueError, match="kgelu_anneal_shape"):
+        KGeluTrainingArguments(output_dir=str(tmp_path), kgelu_anneal_shape="cosine")
