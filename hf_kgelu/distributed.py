@@ -55,7 +55,7 @@ def full_theta(site: KGELU) -> torch.Tensor:
     return theta.full_tensor() if _sharded(theta) else theta
 
 
-def _fsdp2_low_precision_policy():
+def _fsdp2_low_precision_plugin():
     """accelerate's FSDP2 plugin when it casts parameters to a low precision for compute, else None."""
     try:
         from accelerate.state import AcceleratorState
@@ -175,9 +175,9 @@ class KGeluDistributedCallback(TrainerCallback):
         self.last_diff: float | None = None
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
-        if model is None or _fsdp2_low_precision_policy() is None:
+        plugin = _fsdp2_low_precision_plugin()
+        if model is None or plugin is None:
             return
-        plugin = _fsdp2_low_precision_policy()
         if getattr(plugin, "cpu_ram_efficient_loading", False):
             raise ValueError(
                 "FSDP2 with cpu_ram_efficient_loading cannot load λ-GELU models whose θ is kept float32 in its own "

@@ -9,7 +9,7 @@ Everything that needs the process group happens in this one launch (gloo start-u
    `save_pretrained` calls per rank.
 2. The same run resumed from its step-4 checkpoint (into another output_dir).
 3. FSDP2 by hand (`fully_shard`, bf16 parameter policy as accelerate's fsdp.yaml sets it; accelerate
-   runs FSDP only on GPUs): λ-GELU sites as float32 units replicated by `shard_kgelu_sites`; how θ
+   runs FSDP only on GPUs): λ-GELU sites made float32 units, replicated, by the trainer's hook; how θ
    is laid out, its dtype inside the forward, its gradient, λ read and written through the
    DTensor, freezing.
 
@@ -35,7 +35,6 @@ from hf_kgelu.distributed import (  # noqa: E402
     check_theta_sync,
     full_theta,
     gather_full_model,
-    shard_kgelu_sites,
 )
 from hf_kgelu.peft_utils import trained_sites  # noqa: E402
 from hf_kgelu.trainer import KGeluTrainer, KGeluTrainingArguments  # noqa: E402
@@ -111,6 +110,34 @@ def run_trainer(output_dir, batch=PER_DEVICE_BATCH, resume=None):
     return trainer.accelerator.unwrap_model(trainer.model), result
 
 
+def through_the_trainer_hook(model) -> tuple[str | None, int]:
+    """Run KGeluDistributedCallback.on_init_end as KGeluTrainer does under accelerate's bf16 FSDP2
+    (accelerate's FSDP plugin stood in for: accelerate builds it only on GPUs)."""
+    from types import SimpleNamespace
+
+    from accelerate.state import AcceleratorState
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
+
+    from hf_kgelu.distributed import KGeluDistributedCallback
+
+    shared = AcceleratorState._shared_state
+    saved = shared.get("fsdp_plugin")
+    plugin = SimpleNamespace(fsdp_version=2, cpu_offload=None, cpu_ram_efficient_loading=True,
+                             mixed_precision_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16))
+    shared["fsdp_plugin"] = plugin
+    try:
+        refused = None
+        try:
+            KGeluDistributedCallback().on_init_end(None, None, None, model=model)
+        except ValueError as error:
+            refused = str(error)
+        plugin.cpu_ram_efficient_loading = False
+        KGeluDistributedCallback().on_init_end(None, None, None, model=model)
+    finally:
+        shared["fsdp_plugin"] = saved
+    return refused, sum(isinstance(site, FSDPModule) for _, site in trained_sites(model))
+
+
 def fsdp2_theta(out: Path, rank: int) -> dict:
     """θ under FSDP2 with a bf16 parameter policy (what accelerate applies for mixed_precision: bf16)."""
     import torch.distributed as dist
@@ -119,7 +146,7 @@ def fsdp2_theta(out: Path, rank: int) -> dict:
     from trainer_helpers import text_blocks
 
     model = tiny_gpt2()
-    sites_sharded = shard_kgelu_sites(model)  # before the blocks: they then leave the sites alone
+    refused, sites_sharded = through_the_trainer_hook(model)  # before the blocks: they then leave the sites alone
     bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     for block in model.transformer.h:
         fully_shard(block, mp_policy=bf16)
@@ -134,6 +161,7 @@ def fsdp2_theta(out: Path, rank: int) -> dict:
 
     sites[0].register_forward_pre_hook(record_dtype)
     layout = {
+        "refused_with_ram_efficient_loading": refused,
         "sites_sharded": sites_sharded,
         "type": type(sites[0].theta).__name__,
         "placements": [str(p) for p in sites[0].theta.placements],

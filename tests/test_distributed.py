@@ -147,6 +147,7 @@ def test_fsdp2_keeps_theta_whole_and_float32_next_to_bf16_blocks(launched):
     f0, f1 = r0["fsdp2"], r1["fsdp2"]
     assert f0["sites_sharded"] == f1["sites_sharded"] == 2
     for f in (f0, f1):
+        assert "fsdp_cpu_ram_efficient_loading: false" in f["refused_with_ram_efficient_loading"]
         # a DTensor replicated over the ranks (HSDP with one-rank shards): whole θ on every rank
         assert f["type"] == "DTensor" and f["placements"] == ["R", "S(0)"] and f["global_shape"] == [1]
         assert f["local_numel"] == [1, 1] and f["dtype"] == "torch.float32"
