@@ -13,6 +13,7 @@ from .hardness import (
     target_lambda,
     tolerance_at,
 )
+from .models import MLPConfig, MLPForSequenceClassification  # registers the "kgelu_mlp" model type
 from .modules import KGELU, find_sites
 from .registry import convert_to_kgelu, kgelu_config, register_kgelu
 
@@ -46,6 +47,8 @@ _LAZY = {
     "push_relu_model": "hub",
     "relu_ize_checkpoint": "hub",
     "HubPushError": "hub",
+    "run_pipeline": "pipeline",
+    "PipelineResult": "pipeline",
 }
 
 
@@ -64,6 +67,9 @@ __all__ = [
     "KGeluHardnessCallback",
     "KGeluTrainer",
     "KGeluTrainingArguments",
+    "MLPConfig",
+    "MLPForSequenceClassification",
+    "PipelineResult",
     "PreActivationSampler",
     "ReluReport",
     "SubstitutionReport",
@@ -90,6 +96,7 @@ __all__ = [
     "relu_ize",
     "relu_ize_checkpoint",
     "render_model_card",
+    "run_pipeline",
     "save_relu_model",
     "spearman_rho",
     "substitution_report",

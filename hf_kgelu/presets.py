@@ -51,8 +51,9 @@ def mlp_config(num_features: int, num_labels: int, hidden_act: str = "gelu", hid
 def gpt2_config(vocab_size: int = 50257, n_positions: int = 128, n_layer: int = 4, n_embd: int = 128, n_head: int = 4,
                 activation_function: str = "gelu", **extra) -> GPT2Config:
     """A reduced GPT-2 (GPT-2 small is n_layer 12, n_embd 768, n_head 12, n_positions 1024)."""
+    end_of_text = min(50256, vocab_size - 1)  # GPT-2's <|endoftext|>, or the last id of a compacted vocabulary
     return GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                      activation_function=activation_function, bos_token_id=50256, eos_token_id=50256, **extra)
+                      activation_function=activation_function, bos_token_id=end_of_text, eos_token_id=end_of_text, **extra)
 
 
 def image_processor_for(image_size: int, raw_pixel_max: float = 255.0, num_channels: int = 1):
