@@ -36,7 +36,9 @@ def naive_kgelu(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
 
 
 def variants(rows: int, dtype: torch.dtype, compile_naive: bool):
-    """name -> (make_input, fn(x, lam), lam or None). make_input returns a fresh leaf."""
+    """name -> (make_input, fn(x, lam), lam or None, kernel CONFIG overrides while measured).
+    make_input returns a fresh leaf. The alternative Φ forms of our kernel are timed where the
+    naive version is compiled too (the target size)."""
     from hf_kgelu.functional import kgelu
 
     dev = "cuda"
@@ -51,19 +53,23 @@ def variants(rows: int, dtype: torch.dtype, compile_naive: bool):
     lam_frozen = torch.tensor([1.7], device=dev)
     lam_channels = torch.linspace(1.01, 20.0, WIDTH, device=dev).requires_grad_()
     table = {
-        "gelu": (dense, lambda x, _: F.gelu(x), None),
-        "relu": (dense, lambda x, _: F.relu(x), None),
-        "naive λ-GELU": (dense, naive_kgelu, lam),
+        "gelu": (dense, lambda x, _: F.gelu(x), None, {}),
+        "relu": (dense, lambda x, _: F.relu(x), None, {}),
+        "naive λ-GELU": (dense, naive_kgelu, lam, {}),
     }
     if compile_naive:
-        table["naive λ-GELU, torch.compile"] = (dense, torch.compile(naive_kgelu, fullgraph=True), lam)
-    return table | {
-        "λ-GELU (ours)": (dense, kgelu, lam),
-        "λ-GELU (ours), λ frozen": (dense, kgelu, lam_frozen),
-        "λ-GELU (ours), per-channel": (dense, kgelu, lam_channels),
-        "gelu, transposed input": (transposed, lambda x, _: F.gelu(x), None),
-        "λ-GELU (ours), transposed input": (transposed, kgelu, lam),
+        table["naive λ-GELU, torch.compile"] = (dense, torch.compile(naive_kgelu, fullgraph=True), lam, {})
+    table |= {
+        "λ-GELU (ours)": (dense, kgelu, lam, {}),
+        "λ-GELU (ours), λ frozen": (dense, kgelu, lam_frozen, {}),
+        "λ-GELU (ours), per-channel": (dense, kgelu, lam_channels, {}),
+        "gelu, transposed input": (transposed, lambda x, _: F.gelu(x), None, {}),
+        "λ-GELU (ours), transposed input": (transposed, kgelu, lam, {}),
     }
+    if compile_naive:
+        table["λ-GELU (ours), libdevice erfc"] = (dense, kgelu, lam, {"cdf": "erfc"})
+        table["λ-GELU (ours), erf form"] = (dense, kgelu, lam, {"cdf": "erf"})
+    return table
 
 
 def saved_bytes(fn, x, lam) -> int:
@@ -93,6 +99,8 @@ def peak_extra_bytes(fn, x, lam, g) -> int:
 
 
 def time_variant(fn, x, lam, g, warmup_ms: int, rep_ms: int) -> dict[str, float]:
+    """do_bench medians: each call timed alone after an L2 flush, host time included where the
+    host is slower than the device."""
     from triton.testing import do_bench
 
     leaves = [x] + ([lam] if lam is not None and lam.requires_grad else [])
@@ -116,36 +124,116 @@ def time_variant(fn, x, lam, g, warmup_ms: int, rep_ms: int) -> dict[str, float]
     }
 
 
-def sweep(rows: int, dtypes: list[str], warmup_ms: int, rep_ms: int) -> list[dict]:
-    """Times our forward and backward over launch configurations (CONFIG of the kernels)."""
+def graph_time(fn, make, lam, dtype, copies: int = 4, replays: int = 20) -> dict[str, float]:
+    """Device time alone: `copies` calls on distinct inputs (together several times the L2)
+    captured in one CUDA graph, replayed; milliseconds per call, forward and forward+backward."""
+    xs = [make() for _ in range(copies)]
+    gs = [torch.randn(x.shape, device="cuda", dtype=dtype) for x in xs]
+    leaves = xs + ([lam] if lam is not None and lam.requires_grad else [])
+    result = {}
+    for mode in ("fwd", "fwd_bwd"):
+        def body():
+            for x, g in zip(xs, gs, strict=True):
+                out = fn(x, lam)
+                if mode == "fwd_bwd":
+                    out.backward(g)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                for t in leaves:
+                    t.grad = None
+                body()
+        torch.cuda.current_stream().wait_stream(side)
+        for t in leaves:
+            t.grad = None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            body()
+        graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        result[f"{mode}_graph_ms"] = start.elapsed_time(end) / (replays * copies)
+        del graph
+    for t in leaves:
+        t.grad = None
+    return result
+
+
+def host_overhead(calls: int = 300) -> list[dict]:
+    """Host time per forward+backward call on a tiny tensor (the device idles): what a model
+    with many activation sites pays per site when the host, not the GPU, is the bottleneck."""
+    import time
+
+    from hf_kgelu import functional
+    from hf_kgelu.functional import KGeluKernelFunction, kgelu
+
+    x = torch.randn(64, 64, device="cuda", requires_grad=True)
+    g = torch.randn(64, 64, device="cuda")
+    lam = torch.tensor([1.7], device="cuda", requires_grad=True)
+    theta = torch.tensor([0.3], device="cuda", requires_grad=True)
+
+    def reference_path(t, lam):
+        return functional.KGeluFunction.apply(t, lam)
+
+    cases = {
+        "gelu": lambda: F.gelu(x),
+        "λ-GELU (ours), eager autograd.Function": lambda: KGeluKernelFunction.apply(x, lam),
+        "λ-GELU (ours), through kgelu()": lambda: kgelu(x, lam),
+        "λ-GELU (ours), through the custom op": lambda: torch.ops.hf_kgelu.kgelu(x, lam),
+        "λ-GELU (ours) with λ = 1 + softplus(θ/τ)": lambda: kgelu(x, 1.0 + F.softplus(theta / 0.1)),
+        "torch path (HF_KGELU_FORCE_REFERENCE)": lambda: reference_path(x, lam),
+        "naive λ-GELU": lambda: naive_kgelu(x, lam),
+    }
+    rows = []
+    for name, fn in cases.items():
+        for _ in range(20):
+            fn().backward(g)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn().backward(g)
+        torch.cuda.synchronize()
+        rows.append(dict(case=name, host_us_per_fwd_bwd=(time.perf_counter() - t0) / calls * 1e6))
+    return rows
+
+
+def sweep(rows: int, dtypes: list[str]) -> list[dict]:
+    """Device time (CUDA-graph replays) of our forward and forward+backward with one CONFIG
+    entry of the kernels changed at a time, against torch's GELU."""
     from hf_kgelu.functional import kgelu
     from hf_kgelu.kernels import CONFIG
-
-    from triton.testing import do_bench
 
     default = dict(CONFIG)
     results = []
     for dname in dtypes:
-        x = torch.randn(rows, WIDTH, device="cuda", dtype=DTYPES[dname]).requires_grad_()
-        g = torch.randn_like(x)
+        dtype = DTYPES[dname]
+
+        def make():
+            return torch.randn(rows, WIDTH, device="cuda", dtype=dtype).requires_grad_()
+
         lam = torch.tensor([1.7], device="cuda", requires_grad=True)
-        ref_fb = do_bench(lambda: F.gelu(x).backward(g), warmup=warmup_ms, rep=rep_ms, grad_to_none=[x], return_mode="median")
-        ref_f = do_bench(lambda: F.gelu(x), warmup=warmup_ms, rep=rep_ms, return_mode="median")
-        for exact_tail in (True, False):
-            for block in (1024, 2048, 4096):
-                for warps in (4, 8, 16):
-                    if block // (32 * warps) < 2:
-                        continue
-                    CONFIG.update(default, fwd_block=block, fwd_warps=warps, bwd_block=block, bwd_warps=warps, exact_tail=exact_tail)
-                    kw = dict(warmup=warmup_ms, rep=rep_ms, grad_to_none=[x, lam], return_mode="median")
-                    fwd = do_bench(lambda: kgelu(x, lam), **kw)
-                    fb = do_bench(lambda: kgelu(x, lam).backward(g), **kw)
-                    row = dict(dtype=dname, exact_tail=exact_tail, block=block, warps=warps, fwd_ms=fwd, fwd_bwd_ms=fb,
-                               fwd_vs_gelu=fwd / ref_f, fwd_bwd_vs_gelu=fb / ref_fb)
-                    results.append(row)
-                    print(f"sweep {dname} exact_tail={exact_tail!s:5} block={block:5d} warps={warps:2d}  "
-                          f"fwd {fwd * 1e3:7.1f} us ({fwd / ref_f:.3f}x gelu)  fwd+bwd {fb * 1e3:7.1f} us ({fb / ref_fb:.3f}x gelu)",
-                          flush=True)
+        ref = graph_time(lambda x, _: F.gelu(x), make, None, dtype)
+        configs = [dict(cdf=c) for c in ("rational", "erfc", "erf")]
+        configs += [dict(fwd_block=b, bwd_block=b, fwd_warps=w, bwd_warps=w) for b, w in ((1024, 4), (2048, 8), (4096, 4), (4096, 8))]
+        configs += [dict(bwd_tiles=t) for t in (1, 2, 8)]
+        for change in configs:
+            CONFIG.clear()
+            CONFIG.update(default, **change)
+            t = graph_time(kgelu, make, lam, dtype)
+            row = dict(dtype=dname, change=" ".join(f"{k}={v}" for k, v in change.items()),
+                       fwd_us=t["fwd_graph_ms"] * 1e3, fwd_bwd_us=t["fwd_bwd_graph_ms"] * 1e3,
+                       gelu_fwd_us=ref["fwd_graph_ms"] * 1e3, gelu_fwd_bwd_us=ref["fwd_bwd_graph_ms"] * 1e3,
+                       fwd_vs_gelu=t["fwd_graph_ms"] / ref["fwd_graph_ms"],
+                       fwd_bwd_vs_gelu=t["fwd_bwd_graph_ms"] / ref["fwd_bwd_graph_ms"])
+            results.append(row)
+            print(f"sweep {dname} {row['change']:44} fwd {row['fwd_us']:7.1f} us ({row['fwd_vs_gelu']:.3f}x gelu)  "
+                  f"fwd+bwd {row['fwd_bwd_us']:7.1f} us ({row['fwd_bwd_vs_gelu']:.3f}x gelu)", flush=True)
     CONFIG.clear()
     CONFIG.update(default)
     return results
@@ -175,7 +263,7 @@ def main(argv=None) -> int:
     print(header, flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
     if args.sweep or args.sweep_only:
-        rows = sweep(8192, dtypes, args.warmup_ms, args.rep_ms)
+        rows = sweep(8192, dtypes)
         with open(os.path.splitext(args.csv)[0] + "_sweep.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -190,10 +278,17 @@ def main(argv=None) -> int:
             n = rows * WIDTH
             table = variants(rows, dtype, compile_naive=rows in compile_rows)
             gelu_times = None
-            for name, (make, fn, lam) in table.items():
+            for name, (make, fn, lam, overrides) in table.items():
+                from hf_kgelu.kernels import CONFIG
+
+                default = dict(CONFIG)
+                CONFIG.update(overrides)
                 x = make()
                 g = torch.randn(rows, WIDTH, device="cuda", dtype=dtype)
                 times = time_variant(fn, x, lam, g, args.warmup_ms, args.rep_ms)
+                # CUDA graphs and a compiled function's own graph capture do not mix here
+                times |= ({"fwd_graph_ms": float("nan"), "fwd_bwd_graph_ms": float("nan")} if "compile" in name
+                          else graph_time(fn, make, lam, dtype))
                 # saved-tensor hooks and torch.compile do not mix: no figure for the compiled one
                 saved = float("nan") if "compile" in name else saved_bytes(fn, x, lam)
                 peak = peak_extra_bytes(fn, x, lam, g)
@@ -204,9 +299,14 @@ def main(argv=None) -> int:
                     fwd_ms=times["fwd_ms"], bwd_ms=times["bwd_ms"], fwd_bwd_ms=times["fwd_bwd_ms"],
                     fwd_vs_gelu=times["fwd_ms"] / gelu_times["fwd_ms"],
                     fwd_bwd_vs_gelu=times["fwd_bwd_ms"] / gelu_times["fwd_bwd_ms"],
+                    fwd_graph_ms=times["fwd_graph_ms"], fwd_bwd_graph_ms=times["fwd_bwd_graph_ms"],
+                    fwd_graph_vs_gelu=times["fwd_graph_ms"] / gelu_times["fwd_graph_ms"],
+                    fwd_bwd_graph_vs_gelu=times["fwd_bwd_graph_ms"] / gelu_times["fwd_bwd_graph_ms"],
                     saved_bytes_per_elem=saved / n, peak_extra_bytes_per_elem=peak / n,
                 )
                 records.append(rec)
+                CONFIG.clear()
+                CONFIG.update(default)
                 del x, g
             torch.cuda.empty_cache()
 
@@ -214,13 +314,25 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(fh, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
+    overhead = host_overhead()
+    with open(os.path.splitext(args.csv)[0] + "_host.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(overhead[0]))
+        writer.writeheader()
+        writer.writerows(overhead)
     print(header)
+    print("do_bench: median per call, L2 flushed before each (host time shows where it exceeds the device's);")
+    print("graph: device time alone, CUDA-graph replays over 4 distinct inputs; B/el: bytes per element")
     print(f"{'dtype':5} {'elements':>11} {'variant':33} {'fwd µs':>8} {'bwd µs':>8} {'f+b µs':>8} "
-          f"{'fwd/gelu':>8} {'f+b/gelu':>8} {'saved B/el':>10} {'peak B/el':>9}")
+          f"{'fwd/gelu':>8} {'f+b/gelu':>8} {'graph fwd':>9} {'graph f+b':>9} {'g.fwd/gelu':>10} {'g.f+b/gelu':>10} "
+          f"{'saved B/el':>10} {'peak B/el':>9}")
     for r in records:
         print(f"{r['dtype']:5} {r['elements']:11d} {r['variant']:33} {r['fwd_ms'] * 1e3:8.1f} {r['bwd_ms'] * 1e3:8.1f} "
               f"{r['fwd_bwd_ms'] * 1e3:8.1f} {r['fwd_vs_gelu']:8.3f} {r['fwd_bwd_vs_gelu']:8.3f} "
-              f"{r['saved_bytes_per_elem']:10.2f} {r['peak_extra_bytes_per_elem']:9.2f}")
+              f"{r['fwd_graph_ms'] * 1e3:9.1f} {r['fwd_bwd_graph_ms'] * 1e3:9.1f} {r['fwd_graph_vs_gelu']:10.3f} "
+              f"{r['fwd_bwd_graph_vs_gelu']:10.3f} {r['saved_bytes_per_elem']:10.2f} {r['peak_extra_bytes_per_elem']:9.2f}")
+    print("host time per forward+backward call, 64×64 fp32 (device idle):")
+    for r in overhead:
+        print(f"  {r['case']:45} {r['host_us_per_fwd_bwd']:7.1f} µs")
     print(f"CSV: {args.csv}")
     return 0
 

@@ -4,6 +4,8 @@
 # Run from the repository root on a CUDA machine:
 #   bash benchmarks/run_gpu_checks.sh outputs/gpu [steps...]
 # steps: tests sweep kernel train_gpt2 train_deit (default: tests kernel train_gpt2 train_deit)
+# env: KERNEL_ROWS (bench_kernel --rows), GPT2_STEPS / GPT2_REPEATS, per-step time limits
+# TESTS_S SWEEP_S KERNEL_S TRAIN_S (seconds). Outputs: log.txt and the benchmarks' CSVs.
 set -uo pipefail
 out=${1:-outputs/gpu}; shift || true
 steps=${*:-tests kernel train_gpt2 train_deit}
@@ -20,8 +22,8 @@ for step in $steps; do
   case $step in
     tests) timeout "${TESTS_S:-240}" $py -m pytest -q -p no:cacheprovider -rfE tests/test_kernel_gpu.py tests/test_functional.py ;;
     sweep) timeout "${SWEEP_S:-150}" $py benchmarks/bench_kernel.py --sweep-only --csv "$out/bench_kernel.csv" ;;
-    kernel) timeout "${KERNEL_S:-180}" $py benchmarks/bench_kernel.py --csv "$out/bench_kernel.csv" ;;
-    train_gpt2) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model gpt2 --csv "$out/train_step_gpt2.csv" ;;
+    kernel) timeout "${KERNEL_S:-180}" $py benchmarks/bench_kernel.py --rows "${KERNEL_ROWS:-256,2048,8192,32768}" --csv "$out/bench_kernel.csv" ;;
+    train_gpt2) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model gpt2 --steps "${GPT2_STEPS:-30}" --repeats "${GPT2_REPEATS:-3}" --csv "$out/train_step_gpt2.csv" ;;
     train_deit) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model deit --csv "$out/train_step_deit.csv" ;;
     *) echo "unknown step $step" ;;
   esac 2>&1 | tee -a "$log"
