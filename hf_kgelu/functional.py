@@ -11,9 +11,10 @@ Dispatch: CUDA tensors (float32/bfloat16/float16) go to the fused Triton kernels
 registered, fake impls from the same bodies), so fullgraph compilation sees ordinary ops; in
 eager mode through `KGeluKernelFunction`, which launches the same kernels with a fraction of
 the custom-op dispatcher's host time per call (it matters: a GPT-2 small step has 12 sites).
-Both work with autocast, checkpointing and CUDA graphs. Everything else (CPU, float64, no triton installed) takes the torch path below. Setting
-HF_KGELU_FORCE_REFERENCE=1 before import forces the torch path everywhere (for debugging);
-`hf_kgelu.functional.FORCE_REFERENCE` can also be flipped at run time.
+Both work with autocast, checkpointing and CUDA graphs. Everything else (CPU, float64, no
+triton installed) takes the torch path below. HF_KGELU_FORCE_REFERENCE=1, read at import,
+forces the torch path everywhere (for debugging); `hf_kgelu.functional.FORCE_REFERENCE` can
+also be flipped at run time.
 """
 
 from __future__ import annotations
