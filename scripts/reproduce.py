@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -321,7 +322,7 @@ def export_data(settings: list[Setting], folder: Path) -> None:
 
 def summarize(settings: list[Setting], grid: dict, results: dict[Run, PipelineResult], seeds: list[int]) -> str:
     parts = []
-    parts.append("### Table I — training (mean ± std over seeds)\n\n"
+    parts.append("#### Table I — training (mean ± std over seeds)\n\n"
                  "Best validation score and the epoch it was reached; mean λ is the mean over sites of λ at the end of "
                  "training for the learned runs (at the anneal switch for the annealed run); drift D is the mean over "
                  "epoch boundaries of the mean |Δλ| per site between consecutive epochs (learning phase only).\n")
@@ -338,7 +339,7 @@ def summarize(settings: list[Setting], grid: dict, results: dict[Run, PipelineRe
             parts.append(f"**{s.title}** (`{s.name}`)\n\n" + markdown_table(
                 ["run", "seeds", f"best val {metric}", "epoch", "mean λ", "drift D"], rows) + "\n")
 
-    parts.append("### Layerwise λ and robustness to the init profile (Fig. 3)\n\n"
+    parts.append("#### Layerwise λ and robustness to the init profile (Fig. 3)\n\n"
                  "λ per site at the end of training, mean over seeds, for the three init profiles (uniform λ = 1.05; "
                  "increasing/decreasing: linear from 1.05 to 2.0 across depth), and Spearman ρ between the profiles of "
                  "two init modes of the same seed (mean ± std over seeds; ρ = 1: same ranking of layers).\n")
@@ -358,7 +359,7 @@ def summarize(settings: list[Setting], grid: dict, results: dict[Run, PipelineRe
         parts.append(f"**{s.title}**\n\n" + markdown_table(["site", *INIT_MODES], rows) + "\n\n"
                      + markdown_table(["Spearman ρ", "mean ± std", "per seed"], rho_rows) + "\n")
 
-    parts.append("### Table II — ReLU substitution after training (mean ± std over seeds)\n\n"
+    parts.append("#### Table II — ReLU substitution after training (mean ± std over seeds)\n\n"
                  "The validation score with the trained activation and after replacing every activation by ReLU, on "
                  "the same data: the GELU model swapped directly, the λ-GELU model after annealing to λ* (ε = 0.005, "
                  "gate-L1 bound: λ* ≈ 159.6; λ learned for the first 25 % of the steps, then annealed), and for reference "
@@ -395,7 +396,7 @@ def summarize(settings: list[Setting], grid: dict, results: dict[Run, PipelineRe
         rows_l = [(f"τ = {tau:g}", *[mean_std(cells.get((tau, eta), {}).get("lam", []), 3) for eta in etas]) for tau in taus]
         heads = ["", *[f"η = {eta:g}" for eta in etas]]
         parts.append(
-            f"### τ × η grid (§IV-A) on {grid['setting']}\n\n"
+            f"#### τ × η grid (§IV-A) on {grid['setting']}\n\n"
             f"λ-GELU (uniform init, λ learned throughout) for each temperature τ and θ learning-rate multiplier η; "
             f"GELU's best validation accuracy over the same seeds: {mean_std(gelu)}.\n\n"
             "Drift D (mean over epochs; lower = steadier hardness):\n\n" + markdown_table(heads, rows_d) + "\n\n"
@@ -466,16 +467,18 @@ def update_results_md(path: Path, preset: str, body: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def header(preset: str, settings: list[Setting], grid: dict, seeds: list[int], elapsed: float, machine: str, n_runs: int, n_total: int) -> str:
+def header(preset: str, settings: list[Setting], grid: dict, seeds: list[int], elapsed: float, machine: str, n_runs: int, n_total: int,
+           n_trained: int, train_minutes: float) -> str:
     import transformers
 
     sizes = "\n".join(f"- `{s.name}`: {s.describe()}" for s in settings)
-    cmd = " ".join(["python scripts/reproduce.py", *sys.argv[1:]])
+    cmd = shlex.join(["python", "scripts/reproduce.py", *sys.argv[1:]])
     done = "" if n_runs == n_total else f" **Partial: {n_runs} of {n_total} runs finished.**"
     return (f"### Preset `{preset}`\n\n"
             f"Command: `{cmd}` — {machine}, {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, torch {torch.__version__}, "
-            f"transformers {transformers.__version__}; {n_runs} runs in {elapsed / 60:.1f} min "
-            f"(this call; runs finished by earlier calls were reused).{done}\n\n"
+            f"transformers {transformers.__version__}. {n_runs} runs, {train_minutes:.1f} min of training in total "
+            f"(Trainer time, evaluation included; this call trained {n_trained} and took {elapsed / 60:.1f} min, "
+            f"the others were reused from earlier calls with the same settings).{done}\n\n"
             f"Seeds {', '.join(map(str, seeds))}. λ-GELU: τ = {DEFAULT_TAU:g}, η = {DEFAULT_ETA:g} (θ at lr × η, no weight "
             f"decay), init λ = 1.05 (uniform) or 1.05 → 2.0 across depth. Sizes:\n\n{sizes}\n\n"
             f"τ × η grid: τ ∈ {{{', '.join(f'{t:g}' for t in grid['taus'])}}}, η ∈ {{{', '.join(f'{e:g}' for e in grid['etas'])}}} "
@@ -524,6 +527,7 @@ def main(argv=None) -> int:
     by_name = {s.name: s for s in settings}
     runs = planned_runs(settings, grid, seeds, not args.no_grid)
     results: dict[Run, PipelineResult] = {}
+    reused: set[Run] = set()
     cache: dict = {}
     started = time.perf_counter()
     print(f"reproduce: preset {args.preset}, {len(runs)} runs, seeds {seeds}, out {out}", flush=True)
@@ -531,6 +535,7 @@ def main(argv=None) -> int:
         stored = run.folder(out) / "results.json"
         if stored.exists():
             results[run] = PipelineResult.from_dict(json.loads(stored.read_text()))
+            reused.add(run)
             continue
         minutes = (time.perf_counter() - started) / 60
         if args.max_minutes is not None and minutes > args.max_minutes:
@@ -546,7 +551,10 @@ def main(argv=None) -> int:
               f"swap {fmt(sub.get('before'))} → {fmt(sub.get('after'))} ({time.perf_counter() - t0:.0f} s; "
               f"{(time.perf_counter() - started) / 60:.1f} min total)", flush=True)
     elapsed = time.perf_counter() - started
-    body = header(args.preset, settings, grid, seeds, elapsed, machine, len(results), len(runs)) + "\n" + summarize(settings, grid, results, seeds)
+    trained = sum(1 for run in results if run not in reused)
+    train_minutes = sum(r.train_seconds or 0.0 for r in results.values()) / 60
+    body = (header(args.preset, settings, grid, seeds, elapsed, machine, len(results), len(runs), trained, train_minutes)
+            + "\n" + summarize(settings, grid, results, seeds))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(body + "\n", encoding="utf-8")
     print(f"\nwrote {out / 'results.md'}", flush=True)

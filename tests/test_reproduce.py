@@ -58,7 +58,7 @@ def test_smoke_preset_end_to_end_from_exported_data(reproduce, tmp_path):
     printed = _main(reproduce, *args)
     assert printed.count("mlp-adult") >= 18  # 6 variants × 2 seeds + 3 grid cells × 2 seeds
     text = md.read_text()
-    for heading in ("### Preset `smoke`", "### Table I", "### Layerwise λ", "### Table II", "### τ × η grid"):
+    for heading in ("### Preset `smoke`", "#### Table I", "#### Layerwise λ", "#### Table II", "#### τ × η grid"):
         assert heading in text, heading
     assert "λ-GELU annealed → ReLU" in text and "GELU → ReLU (direct swap)" in text and "increasing vs decreasing" in text
     assert "test machine" in text and "Automatic reading" in text
@@ -69,4 +69,4 @@ def test_smoke_preset_end_to_end_from_exported_data(reproduce, tmp_path):
     assert grid_run["settings"]["kgelu_tau"] == 1.0 and grid_run["settings"]["kgelu_lr_multiplier"] == 100.0
 
     again = _main(reproduce, *args)  # everything finished: nothing is trained again
-    assert "seed 0: best" not in again and md.read_text().count("### Table I —") == 1
+    assert "seed 0: best" not in again and md.read_text().count("#### Table I —") == 1
