@@ -113,10 +113,11 @@ def _run_demo(args) -> int:
 def _add_convert(subparsers) -> None:
     parser = subparsers.add_parser(
         "convert",
-        help="turn a pretrained GELU checkpoint into a ReLU model with a short λ-GELU annealing fine-tune (+ distillation)",
-        description="Load CHECKPOINT (GELU), fine-tune it for --budget optimizer steps on --data while every GELU anneals "
-        "to ReLU (λ-GELU from λ = 1, geometric schedule, distillation from the original model), swap in ReLU, and write "
-        "a stock-transformers ReLU model with its card to --output-dir.",
+        help="turn a pretrained GELU checkpoint into a ReLU model on a small fine-tuning budget",
+        description="Load CHECKPOINT (GELU), swap every GELU for ReLU and re-fit the linear layer reading each one so it "
+        "reproduces the GELU layer's output on a few --data batches (least squares, no training), then fine-tune for "
+        "--budget optimizer steps with distillation from the original model (the benchmark's best recipe, see "
+        "docs/results.md), and write a stock-transformers ReLU model with its card to --output-dir.",
     )
     parser.add_argument("checkpoint", help="GELU checkpoint folder (config.json + safetensors weights)")
     parser.add_argument("--budget", required=True,
@@ -127,12 +128,16 @@ def _add_convert(subparsers) -> None:
                              "(language models: token blocks; encoders: one sentence per line)")
     parser.add_argument("--output-dir", required=True, help="folder for the ReLU model (must be empty or new, see --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
-    parser.add_argument("--method", default="anneal", choices=("anneal", "swap_finetune", "swap"),
-                        help="anneal (default, the benchmark's winner), swap_finetune (swap then fine-tune), swap (no training)")
+    parser.add_argument("--method", default="readout_finetune",
+                        choices=("readout_finetune", "readout", "anneal", "swap_finetune", "swap"),
+                        help="readout_finetune (default): readout fit then fine-tune; readout: the fit alone (no training); "
+                             "anneal: λ-GELU annealing fine-tune then relu_ize; swap_finetune: swap then fine-tune; swap: neither")
+    parser.add_argument("--calibration-batches", type=int, default=8, help="batches of --data for the readout fit (default 8)")
     parser.add_argument("--no-distill", action="store_true", help="train on the task loss only (no teacher)")
-    parser.add_argument("--learning-rate", type=float, default=3e-4, help="peak learning rate, linear decay (default 3e-4)")
+    parser.add_argument("--learning-rate", type=float, default=2e-4, help="peak learning rate, linear decay (default 2e-4)")
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16)")
-    parser.add_argument("--anneal-start", type=float, default=0.0, help="fraction of the budget before λ starts to move (default 0)")
+    parser.add_argument("--anneal-start", type=float, default=0.0, help="--method anneal: fraction of the budget before λ moves (default 0)")
+    parser.add_argument("--anneal-shape", default="geometric", choices=("geometric", "linear"), help="--method anneal: λ schedule")
     parser.add_argument("--bound", default="gate_l1", help="gate_l1 (λ* ≈ 160 at ε = 0.005), act_sup, act_l1, or data (per-site targets)")
     parser.add_argument("--tolerance", type=float, default=0.005, help="ε of --bound (default 0.005)")
     parser.add_argument("--block-size", type=int, default=128, help="tokens per block (text data; default 128)")

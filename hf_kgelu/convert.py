@@ -6,7 +6,11 @@
 - "swap": replace every GELU by ReLU, no training (the direct swap; `steps` is ignored);
 - "swap_finetune": swap, then fine-tune the ReLU model for `steps` optimizer steps (the rival:
   ReLU Strikes Back, ProSparse);
-- "anneal" (default): turn every GELU into λ-GELU at λ = 1 (the same function), fine-tune with
+- "readout": swap, then re-fit the linear layer that reads each activation so that it reproduces
+  the GELU layer's output on a few training batches (least squares, no training:
+  `swap_with_readout_correction`); "readout_finetune" (default): that, then fine-tune like
+  "swap_finetune" — the best recipe of the benchmark (docs/results.md);
+- "anneal": turn every GELU into λ-GELU at λ = 1 (the same function), fine-tune with
   `KGeluTrainer` while λ anneals to λ* (closed-form bound, or `bound="data"`: per-site targets
   from real pre-activations), then `relu_ize`. The default schedule is geometric (log λ moves
   linearly from the first step): the paper's linear schedule is ReLU-like after a tenth of a
@@ -40,14 +44,15 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from .metrics import IGNORE_INDEX, MODEL_INPUT_KEYS
+from .modules import KGELU
 from .registry import convert_to_kgelu
 from .relu import ReluReport, relu_ize
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("swap", "swap_finetune", "anneal")
+METHODS = ("swap", "swap_finetune", "anneal", "readout", "readout_finetune")
 EMBEDDING_TASK = "embedding"
-DEFAULT_METHOD = "anneal"
+DEFAULT_METHOD = "readout_finetune"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,6 +102,14 @@ def distillation_loss(student_out, teacher_out, inputs: dict, task: str, tempera
     return kl.mean() * temperature**2
 
 
+def without_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout probability of `model` to 0 (in place; the config is left as it was)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+    return model
+
+
 class _DistillationMixin:
     """compute_loss = α·distillation + (1 − α)·task loss (the distillation alone for embeddings)."""
 
@@ -138,6 +151,129 @@ def _distilling_kgelu_trainer():
         """`KGeluTrainer` (annealing) with an optional frozen teacher."""
 
     return DistillationKGeluTrainer
+
+
+# ----------------------------------------------------------------------------------------------
+# Training-free readout correction
+
+
+def _linear_consumers(model: nn.Module, sites: list[tuple[str, nn.Module]], batch: dict) -> dict[str, nn.Module]:
+    """For each activation site, the linear layer that reads its output (found by tracing one batch:
+    the first Linear/Conv1D whose input is that very tensor; dropout in eval mode passes it through).
+    A site read by something else first (BERT's MLM head: a LayerNorm) has no entry."""
+    outputs: dict[int, str] = {}
+    consumers: dict[str, nn.Module] = {}
+    handles = []
+    for name, module in sites:
+        handles.append(module.register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(id(o), name)))
+    for module in model.modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            def pre(m, inputs):
+                name = outputs.get(id(inputs[0]))
+                if name is not None and name not in consumers:
+                    consumers[name] = m
+            handles.append(module.register_forward_pre_hook(pre))
+    try:
+        model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return consumers
+
+
+def _weight_in_out(layer: nn.Module) -> torch.Tensor:
+    """The weight as (in_features, out_features): Conv1D stores it so, nn.Linear transposed."""
+    return layer.weight.detach().double().t() if isinstance(layer, nn.Linear) else layer.weight.detach().double()
+
+
+def _store_weight(layer: nn.Module, weight_in_out: torch.Tensor, bias: torch.Tensor) -> None:
+    w = weight_in_out.t() if isinstance(layer, nn.Linear) else weight_in_out
+    layer.weight.copy_(w.to(layer.weight.dtype))
+    if layer.bias is None:
+        layer.bias = nn.Parameter(bias.to(layer.weight.dtype))
+    else:
+        layer.bias.copy_(bias.to(layer.bias.dtype))
+
+
+@torch.no_grad()
+def swap_with_readout_correction(
+    model: nn.Module, batches: list[dict], *, mode: str = "least_squares", ridge: float = 1e-2, max_rows: int = 32768,
+) -> tuple[nn.Module, ReluReport]:
+    """Swap every GELU (or λ-GELU) for ReLU and re-fit the linear layer that reads each activation so
+    that it reproduces the original layer's output on real data, without any training.
+
+    Sites are corrected in depth order; each sees the inputs produced by the already-corrected
+    layers before it. A site that no linear layer reads directly is swapped without a fit. For a site with inputs X and its reader y = f(X)·W + b (f the original
+    activation):
+    - mode="bias": b += mean(f(X) − ReLU(X))·W (the first-order fix, as in data-free bias
+      correction for quantization);
+    - mode="least_squares": [W; b] = argmin ‖[ReLU(X), 1]·M − y‖² + ρ‖M − [W; b]‖², ρ = `ridge` ×
+      the mean diagonal of the Gram matrix (pulls toward the original weights where data is thin).
+    `batches` are dicts of model inputs (an `attention_mask` leaves padding out); at most
+    `max_rows` rows per site are used. The model is not changed; returns (ReLU copy, report)."""
+    from .relu import gelu_module_classes
+
+    if mode not in ("least_squares", "bias"):
+        raise ValueError(f"mode must be 'least_squares' or 'bias', got {mode!r}")
+    if not batches:
+        raise ValueError("readout correction needs at least one batch of real inputs")
+    work = copy.deepcopy(model).eval()
+    kinds = (nn.GELU, KGELU, *gelu_module_classes())
+    sites = [(name, module) for name, module in work.named_modules() if name and isinstance(module, kinds)]
+    if not sites:
+        raise ValueError(f"{type(model).__name__} has no GELU or λ-GELU activation to swap")
+    device = next(work.parameters()).device
+    batches = [{k: torch.as_tensor(v).to(device) for k, v in b.items() if k in MODEL_INPUT_KEYS} for b in batches]
+    consumers = _linear_consumers(work, sites, batches[0])
+    unread = [name for name, _ in sites if name not in consumers]
+    if len(unread) == len(sites):
+        raise ValueError("no linear layer reads any activation's output directly: there is no readout to fit")
+    if unread:
+        logger.warning("no linear layer reads %s directly: swapped for ReLU without a readout fit", ", ".join(unread))
+    relu_hooks = []
+    for name, site in sites:
+        if name not in consumers:
+            relu_hooks.append(site.register_forward_hook(lambda m, i, o: torch.relu(i[0])))
+            continue
+        rows: list[torch.Tensor] = []
+        mask: dict[str, torch.Tensor | None] = {"m": None}
+
+        def grab(module, inputs):
+            x = inputs[0]
+            m = mask["m"]
+            x = x[m.bool()] if m is not None and x.dim() == 3 and x.shape[:2] == m.shape else x.reshape(-1, x.shape[-1])
+            if sum(r.shape[0] for r in rows) < max_rows:
+                rows.append(x.detach().double().cpu())
+
+        handle = site.register_forward_pre_hook(grab)
+        for batch in batches:
+            mask["m"] = batch.get("attention_mask")
+            work(**batch)
+        handle.remove()
+        x = torch.cat(rows)[:max_rows]
+        reader = consumers[name]
+        weight = _weight_in_out(reader).cpu()
+        bias = reader.bias.detach().double().cpu() if reader.bias is not None else torch.zeros(weight.shape[1], dtype=torch.float64)
+        original = site(x.to(device)).double().cpu()  # the activation being replaced, in float64
+        relu = torch.relu(x)
+        if mode == "bias":
+            bias = bias + (original - relu).mean(0) @ weight
+        else:
+            target = original @ weight + bias
+            features = torch.cat([relu, torch.ones(relu.shape[0], 1, dtype=torch.float64)], dim=1)
+            gram = features.T @ features
+            rho = ridge * gram.diagonal().mean()
+            prior = torch.cat([weight, bias[None]], dim=0)
+            solution = torch.linalg.solve(gram + rho * torch.eye(gram.shape[0], dtype=torch.float64),
+                                          features.T @ target + rho * prior)
+            weight, bias = solution[:-1], solution[-1]
+        _store_weight(reader, weight.to(device), bias.to(device))
+        # From here on this site computes ReLU, so the next sites see the corrected network's inputs.
+        relu_hooks.append(site.register_forward_hook(lambda m, i, o: torch.relu(i[0])))
+    for handle in relu_hooks:
+        handle.remove()
+    relu_model, report = relu_ize(work, inplace=True, include_gelu=True)
+    return relu_model, report
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,6 +324,18 @@ def _with_labels(collator, task: str):
     return collate
 
 
+def _calibration_batches(dataset, collator, num_batches: int, batch_size: int, seed: int) -> list[dict]:
+    """`num_batches` batches of a fixed random subset of `dataset` (a private generator: no global RNG use)."""
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        import itertools
+
+        rows = list(itertools.islice(iter(dataset), num_batches * batch_size))
+    else:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[: num_batches * batch_size]
+        rows = [dataset[int(i)] for i in order]
+    return [collator(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
 def convert_gelu_to_relu(
     model: nn.Module,
     train_dataset,
@@ -211,24 +359,32 @@ def convert_gelu_to_relu(
     seed: int = 0,
     training_overrides: dict | None = None,
     callbacks: list | None = None,
+    calibration_batches: int = 8,
+    fitted: tuple[nn.Module, ReluReport] | None = None,
+    disable_dropout: bool = True,
 ) -> ConversionResult:
     """Turn a GELU `model` into a ReLU model with `steps` optimizer steps of fine-tuning on
     `train_dataset` (see the module docstring for the methods). `model` is not changed: the
     recipe works on a copy. Returns a `ConversionResult` whose `.model` has only ReLU where the
-    GELUs were, and a config that stock transformers rebuilds."""
+    GELUs were, and a config that stock transformers rebuilds.
+
+    "readout*" methods fit the readouts on `calibration_batches` batches of `train_dataset`;
+    `fitted` = (ReLU model, report) from an earlier `swap_with_readout_correction` of this same
+    model skips that fit (it is copied, not changed). `disable_dropout` turns the student's dropout
+    off: a conversion fine-tune of a few steps is a calibration, and dropout noise only costs there."""
     from transformers import default_data_collator
 
     if method not in METHODS:
         raise ValueError(f"unknown conversion method {method!r}: choose one of {', '.join(METHODS)}")
-    if method != "swap" and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+    if method not in ("swap", "readout") and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
         raise ValueError(f"steps must be a positive number of optimizer steps for method {method!r}, got {steps!r}")
     task = task or _task_of(model)
-    if task == EMBEDDING_TASK and method != "swap" and not distill:
+    if task == EMBEDDING_TASK and method not in ("swap", "readout") and not distill:
         raise ValueError(
             f"{type(model).__name__} is an encoder without a task head, so the only training signal is the original model's "
             "embeddings: use distill=True (the default)"
         )
-    if method != "swap" and distill and teacher is None:
+    if method not in ("swap", "readout") and distill and teacher is None:
         teacher = copy.deepcopy(model)
     student = copy.deepcopy(model)
     settings = {"method": method, "distill": distill, "steps": steps, "learning_rate": learning_rate, "batch_size": batch_size}
@@ -237,11 +393,21 @@ def convert_gelu_to_relu(
         return ConversionResult(relu_model, report, method, False, 0, 0.0, settings)
 
     collator = _with_labels(data_collator or default_data_collator, task)
+    if method.startswith("readout"):
+        if fitted is not None:
+            student, report = copy.deepcopy(fitted[0]), fitted[1]
+        else:
+            calibration = _calibration_batches(train_dataset, collator, calibration_batches, batch_size, seed)
+            student, report = swap_with_readout_correction(student, calibration)
+        settings["calibration_batches"] = calibration_batches
+        if method == "readout":
+            return ConversionResult(student.eval(), report, method, False, 0, 0.0, settings)
     distill_kwargs = {"teacher": teacher if distill else None, "distill_alpha": distill_alpha,
                       "distill_temperature": distill_temperature, "distill_task": task}
     extra = dict(training_overrides or {})
-    if method == "swap_finetune":
-        student, report = relu_ize(student, inplace=True, include_gelu=True)
+    if method in ("swap_finetune", "readout_finetune"):
+        if method == "swap_finetune":
+            student, report = relu_ize(student, inplace=True, include_gelu=True)
         args = _training_args(output_dir, steps, learning_rate, batch_size, seed, None, extra)
         trainer = DistillationTrainer(model=student, args=args, train_dataset=train_dataset, data_collator=collator,
                                       callbacks=callbacks, **distill_kwargs)
@@ -254,6 +420,8 @@ def convert_gelu_to_relu(
         trainer = _distilling_kgelu_trainer()(
             model=student, args=args, train_dataset=train_dataset, data_collator=collator, callbacks=callbacks, **distill_kwargs
         )
+    if disable_dropout:
+        without_dropout(student)
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
@@ -379,13 +547,15 @@ def run_convert(args) -> int:
         else:
             return fail(f"--data {data_path} is neither a datasets folder nor a text file")
         scratch = tempfile.mkdtemp(prefix="hf-kgelu-convert-")  # the trainer's output_dir: nothing of it is kept
+        trained = args.method not in ("swap", "readout")
         print(f"converting {args.checkpoint} ({type(model).__name__}, {task}) with {args.method}"
-              f"{' + distillation' if not args.no_distill else ''} for {steps} steps", flush=True)
+              f"{' + distillation' if trained and not args.no_distill else ''}{f' for {steps} steps' if trained else ''}", flush=True)
         result = convert_gelu_to_relu(
             model, train, steps=steps, method=args.method, distill=not args.no_distill, task=task,
             output_dir=scratch,
             learning_rate=args.learning_rate, batch_size=args.batch_size, anneal_start=args.anneal_start,
-            bound=args.bound, tolerance=args.tolerance, data_collator=collator, seed=args.seed,
+            anneal_shape=args.anneal_shape, bound=args.bound, tolerance=args.tolerance, data_collator=collator, seed=args.seed,
+            calibration_batches=args.calibration_batches,
         )
         substitution = None
         if args.eval_data and task != EMBEDDING_TASK:
@@ -401,6 +571,8 @@ def run_convert(args) -> int:
         training = {"conversion": f"{result.method}{' + distillation' if result.distill else ''}, {result.steps} steps"}
         if result.method == "anneal":
             training.update({"anneal_start": args.anneal_start, "bound": args.bound, "tolerance": args.tolerance})
+        if result.method.startswith("readout"):
+            training["readout fit"] = f"least squares on {args.calibration_batches} batches of {args.batch_size}"
         folder = save_relu_model(result.model, args.output_dir, report=result.report, substitution=substitution,
                                  processor=tokenizer, overwrite=args.overwrite, training=training)
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as error:

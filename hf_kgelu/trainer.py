@@ -77,6 +77,11 @@ class KGeluTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "temperature τ of λ = 1 + softplus(θ/τ); None keeps the model's (default 0.1). λ is kept when τ changes."},
     )
+    kgelu_per_channel: Optional[bool] = field(
+        default=None,
+        metadata={"help": "one λ per channel (True) or per site (False) at every site, switched when the trainer is built "
+                          "(keeping each site's mean λ); None keeps the model's (config kgelu_per_channel)"},
+    )
     kgelu_lr_multiplier: float = field(
         default=10.0, metadata={"help": "η: θ trains at learning_rate × η, without weight decay"}
     )
@@ -262,10 +267,31 @@ def _untouched(site: KGELU) -> bool:
     return bool(((_site_lambda(site) - initial).abs() <= 1e-6 * initial).all())
 
 
+def _switch_channels(model: nn.Module, per_channel: bool) -> None:
+    """One θ per channel (or per site) at every site, each keeping its mean λ; recorded in the config
+    so a saved checkpoint rebuilds the same shapes."""
+    from .registry import infer_num_channels
+
+    if hasattr(model, "get_base_model"):
+        raise ValueError(
+            "kgelu_per_channel cannot reshape θ inside a PEFT model (the adapter copies are already made): build the "
+            "base model per channel first (config kgelu_per_channel=True, or convert_to_kgelu(model, per_channel=True)), "
+            "then wrap it"
+        )
+    for name, site in find_sites(model):
+        site.resize_channels(infer_num_channels(model, name) if per_channel else None)
+    config = _model_config(model)
+    if config is not None:
+        config.kgelu_per_channel = per_channel
+
+
 def prepare_hardness(model: nn.Module, args: KGeluTrainingArguments) -> None:
     """Apply `kgelu_tau` and the hardness init of `args` to `model` (see `KGeluTrainingArguments`)."""
     sites = _require_sites(model)
     config = _model_config(model)
+    if args.kgelu_per_channel is not None and any(site.per_channel != args.kgelu_per_channel for _, site in sites):
+        _switch_channels(model, bool(args.kgelu_per_channel))
+        sites = _require_sites(model)
     trained = [name for name, site in sites if not _untouched(site)]  # judged before τ rewrites θ
     if args.kgelu_tau is not None:
         for _, site in find_sites(model):  # every copy, so PEFT's original and adapter copy agree

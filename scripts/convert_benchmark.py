@@ -12,10 +12,11 @@ Each is converted with a fine-tuning budget of 1 %, 3 % and 10 % of its pretrain
 pretraining is unknown: fixed step budgets) by every recipe of `hf_kgelu.convert`:
 (a) swap, (b) swap + fine-tune (the rival), (b+KD) the same with distillation from the GELU model,
 (c) λ-GELU annealing from λ = 1 (gate-L1 bound, ε = 0.005: λ* ≈ 160) with the paper's linear
-schedule then relu_ize, (c-geo) the same with a geometric schedule, (d) (c-geo) + distillation (the
-default of `hf-kgelu convert`), (d-data) (d) with data-aware per-site targets — against the GELU
-model fine-tuned with the same budget (the control). A "ReLU-compatibility" trace records the
-swapped model's metric during the 10 % anneal of (d) and (d-data) (closed-form vs data-aware targets).
+schedule then relu_ize, (c-data) the same with data-aware per-site targets (relative ε = 0.01),
+(d) annealing on a geometric schedule + distillation, (e0) a training-free least-squares re-fit of
+the linear layer that reads each activation, (e) (e0) + fine-tune, (e+KD) with distillation —
+against the GELU model fine-tuned with the same budget (the control). A "ReLU-compatibility" trace
+records the swapped model's metric during the 10 % anneal of (c) and (c-data).
 
     python scripts/convert_benchmark.py --output-dir outputs/convert_benchmark   # ≈ 20-25 min on 2 CPU cores
     python scripts/convert_benchmark.py --quick --output-dir /tmp/cb             # smoke test, ≈ 1 min
@@ -40,7 +41,7 @@ import torch
 from transformers import BertModel, BertTokenizerFast, DeiTForImageClassification, GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
 import hf_kgelu  # noqa: F401  (registers "kgelu")
-from hf_kgelu.convert import _training_args, convert_gelu_to_relu, embedding_cosine
+from hf_kgelu.convert import _training_args, convert_gelu_to_relu, embedding_cosine, without_dropout
 from hf_kgelu.data import causal_lm_blocks, fashion_mnist_splits, python_docs_text
 from hf_kgelu.metrics import evaluate_model
 from hf_kgelu.presets import deit_config
@@ -51,9 +52,10 @@ RECIPES = {  # label: (method, distill, bound, anneal shape)
     "(b) swap + FT": ("swap_finetune", False, None, None),
     "(b+KD) swap + FT + distill": ("swap_finetune", True, None, None),
     "(c) anneal (paper: linear) → relu_ize": ("anneal", False, "gate_l1", "linear"),
-    "(c-geo) anneal (geometric) → relu_ize": ("anneal", False, "gate_l1", "geometric"),
-    "(d) anneal (geometric) + distill [default]": ("anneal", True, "gate_l1", "geometric"),
-    "(d-data) (d) with data-aware targets": ("anneal", True, "data", "geometric"),
+    "(c-data) (c) with data-aware targets": ("anneal", False, "data", "linear"),
+    "(d) anneal (geometric) + distill → relu_ize": ("anneal", True, "gate_l1", "geometric"),
+    "(e) readout fit + FT": ("readout_finetune", False, None, None),
+    "(e+KD) readout fit + FT + distill": ("readout_finetune", True, None, None),
 }
 DATA_TOLERANCE = 0.01  # relative: each site's mean |λ-GELU − ReLU| ≤ 1 % of its E|ReLU(x)|
 
@@ -93,19 +95,25 @@ class ReluCompatibility(TrainerCallback):
 
 
 def run_model(name, gelu, train, evaluation, *, task, metric, pretrain_steps, lr, batch_size, out, budgets, recipes,
-              trace_eval=None, control=True, collator=None, steps_override=None):
+              trace_eval=None, control=True, collator=None, steps_override=None, calibration=(8, 16)):
     """Convert `gelu` with every recipe at every budget; returns rows of {budget, steps, recipe, score, seconds}."""
     score = (lambda m: evaluate_model(m, evaluation, task=task)[metric]) if task != "embedding" else (
         lambda m: embedding_cosine(m, gelu, evaluation))
     rows = [{"model": name, "budget": 0.0, "steps": 0, "recipe": "GELU (pretrained)", "score": score(gelu), "seconds": 0.0}]
     swap = convert_gelu_to_relu(gelu, train, steps=1, method="swap")
     rows.append({"model": name, "budget": 0.0, "steps": 0, "recipe": "(a) direct swap", "score": score(swap.model), "seconds": 0.0})
-    log(name, rows[0]["recipe"], f"{rows[0]['score']:.4f}", "|", rows[1]["recipe"], f"{rows[1]['score']:.4f}")
+    started = time.perf_counter()
+    fitted = convert_gelu_to_relu(gelu, train, steps=0, method="readout", batch_size=calibration[1],
+                                  calibration_batches=calibration[0], data_collator=collator)
+    rows.append({"model": name, "budget": 0.0, "steps": 0, "recipe": "(e0) readout fit, no training", "score": score(fitted.model),
+                 "seconds": time.perf_counter() - started})
+    for row in rows:
+        log(name, row["recipe"], f"{row['score']:.4f}")
     traces = {}
     for index, budget in enumerate(budgets):
         steps = steps_override[index] if steps_override else max(1, math.ceil(budget * pretrain_steps))
         if control:
-            model = copy.deepcopy(gelu)
+            model = without_dropout(copy.deepcopy(gelu))  # as in every conversion fine-tune
             started = time.perf_counter()
             # the same optimizer settings as every conversion (hf_kgelu.convert), GELU kept
             args = _training_args(out / f"{name}-control-{steps}", steps, lr, batch_size, 0, None, {"weight_decay": 0.0})
@@ -116,10 +124,10 @@ def run_model(name, gelu, train, evaluation, *, task, metric, pretrain_steps, lr
         for label, (method, distill, bound, shape) in recipes.items():
             overrides = {}
             callback = None
-            if trace_eval is not None and method == "anneal" and distill and index == len(budgets) - 1:
+            if trace_eval is not None and method == "anneal" and shape == "linear" and index == len(budgets) - 1:
                 callback = ReluCompatibility(trace_eval, task, metric, [max(1, round(steps * f)) for f in (0.1, 0.25, 0.5, 0.75, 1.0)])
             result = _convert(gelu, train, steps, method, distill, bound, shape, task, lr, batch_size,
-                              out / f"{name}-{method}-{steps}", collator, callback)
+                              out / f"{name}-{method}-{steps}", collator, callback, (fitted.model, fitted.report))
             rows.append({"model": name, "budget": budget, "steps": steps, "recipe": label, "score": score(result.model),
                          "seconds": result.train_seconds})
             if callback is not None:
@@ -128,15 +136,29 @@ def run_model(name, gelu, train, evaluation, *, task, metric, pretrain_steps, lr
     return rows, traces
 
 
-def _convert(gelu, train, steps, method, distill, bound, shape, task, lr, batch_size, output_dir, collator, callback):
+def _convert(gelu, train, steps, method, distill, bound, shape, task, lr, batch_size, output_dir, collator, callback, fitted):
     kwargs = dict(steps=steps, method=method, distill=distill, task=task, output_dir=output_dir, learning_rate=lr,
                   batch_size=batch_size, data_collator=collator, training_overrides={"weight_decay": 0.0})
+    if method.startswith("readout"):
+        kwargs["fitted"] = fitted  # fitted once per model (it is training-free and the same for every budget)
     if bound is not None:
         kwargs.update(bound=bound, tolerance=DATA_TOLERANCE if bound == "data" else 0.005, anneal_shape=shape)
     return convert_gelu_to_relu(gelu, train, callbacks=[callback] if callback else None, **kwargs)
 
 
 # ---- the three models ---------------------------------------------------------------------------
+
+
+def pretrained(model, folder, steps, lr, batch_size, train, reuse):
+    """Pretrain `model` with GELU (or, with --reuse, load the copy a previous run saved in `folder`)."""
+    if reuse and (folder / "model.safetensors").is_file():
+        log(f"reusing the pretrained model in {folder}")
+        return type(model).from_pretrained(folder).eval()
+    started = time.perf_counter()
+    Trainer(model=model, args=train_args(folder, steps, lr, batch_size), train_dataset=train).train()
+    log(f"{type(model).__name__} pretrained: {steps} steps in {time.perf_counter() - started:.0f} s, {len(train)} examples")
+    model.save_pretrained(folder)
+    return model.eval()
 
 
 def gpt2_part(a, out):
@@ -146,14 +168,10 @@ def gpt2_part(a, out):
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=256, n_positions=a.gpt2_block, n_layer=a.gpt2_layers, n_embd=a.gpt2_width,
                         n_head=a.gpt2_width // 32, activation_function="gelu_new", bos_token_id=0, eos_token_id=0)
-    model = GPT2LMHeadModel(config)
-    started = time.perf_counter()
-    Trainer(model=model, args=train_args(out / "gpt2-pretrain", a.gpt2_steps, 2e-3, 16), train_dataset=train).train()
-    log(f"GPT-2 pretrained: {a.gpt2_steps} steps in {time.perf_counter() - started:.0f} s, {len(train)} train blocks")
-    model.eval()
+    model = pretrained(GPT2LMHeadModel(config), out / "gpt2-pretrained", a.gpt2_steps, 2e-3, 16, train, a.reuse)
     trace_eval = evaluation.select(range(min(32, len(evaluation))))
     rows, traces = run_model("GPT-2", model, train, evaluation, task="causal_lm", metric="perplexity", pretrain_steps=a.gpt2_steps,
-                             lr=5e-4, batch_size=16, out=out, budgets=BUDGETS, recipes=RECIPES, trace_eval=trace_eval)
+                             lr=a.finetune_lr, batch_size=16, out=out, budgets=BUDGETS, recipes=RECIPES, trace_eval=trace_eval)
     info = {"params": sum(p.numel() for p in model.parameters()), "pretrain_steps": a.gpt2_steps, "train_blocks": len(train),
             "eval_blocks": len(evaluation), "block": a.gpt2_block, "layers": a.gpt2_layers, "width": a.gpt2_width}
     return rows, traces, info
@@ -166,12 +184,9 @@ def deit_part(a, out):
     torch.manual_seed(0)
     model = DeiTForImageClassification(deit_config(image_size=28, patch_size=7, hidden_size=64, num_hidden_layers=4,
                                                    num_attention_heads=4, intermediate_size=256, hidden_act="gelu"))
-    started = time.perf_counter()
-    Trainer(model=model, args=train_args(out / "deit-pretrain", a.deit_steps, 2e-3, 64), train_dataset=train).train()
-    log(f"DeiT pretrained: {a.deit_steps} steps in {time.perf_counter() - started:.0f} s")
-    model.eval()
+    model = pretrained(model, out / "deit-pretrained", a.deit_steps, 2e-3, 64, train, a.reuse)
     rows, traces = run_model("DeiT", model, train, evaluation, task="classification", metric="accuracy", pretrain_steps=a.deit_steps,
-                             lr=5e-4, batch_size=64, out=out, budgets=BUDGETS, recipes=RECIPES)
+                             lr=a.finetune_lr, batch_size=64, out=out, budgets=BUDGETS, recipes=RECIPES, calibration=(8, 64))
     info = {"params": sum(p.numel() for p in model.parameters()), "pretrain_steps": a.deit_steps, "train_images": len(train),
             "eval_images": len(evaluation)}
     return rows, traces, info
@@ -199,7 +214,7 @@ def minilm_part(a, out):
     recipes = {k: v for k, v in RECIPES.items() if v[1]}  # an encoder has only the embeddings to learn from
     rows, traces = run_model("MiniLM", model, train, evaluation, task="embedding", metric="cosine", pretrain_steps=0, lr=a.minilm_lr,
                              batch_size=a.minilm_batch, out=out, budgets=("steps",) * len(a.minilm_steps), recipes=recipes,
-                             control=False, collator=collate, steps_override=a.minilm_steps)
+                             control=False, collator=collate, steps_override=a.minilm_steps, calibration=(16, 32))
     info = {"params": sum(p.numel() for p in model.parameters()), "train_sentences": len(train), "eval_sentences": len(held_out),
             "max_length": a.minilm_len, "step_budgets": a.minilm_steps}
     return rows, traces, info
@@ -230,6 +245,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default="outputs/convert_benchmark")
     parser.add_argument("--parts", default="gpt2,deit,minilm")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the whole flow")
+    parser.add_argument("--reuse", action="store_true", help="load the pretrained GPT-2/DeiT a previous run saved in --output-dir")
+    parser.add_argument("--finetune-lr", type=float, default=2e-4, help="peak learning rate of every fine-tune (GPT-2, DeiT)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core machine more threads only contend)")
     parser.add_argument("--gpt2-chars", type=int, default=3_000_000)
     parser.add_argument("--gpt2-block", type=int, default=64)
@@ -244,7 +261,7 @@ def main(argv=None) -> int:
     parser.add_argument("--minilm-eval", type=int, default=256)
     parser.add_argument("--minilm-len", type=int, default=48)
     parser.add_argument("--minilm-batch", type=int, default=8)
-    parser.add_argument("--minilm-lr", type=float, default=5e-5)
+    parser.add_argument("--minilm-lr", type=float, default=2e-5)
     parser.add_argument("--minilm-steps", type=int, nargs=3, default=[5, 15, 50])
     a = parser.parse_args(argv)
     if a.quick:

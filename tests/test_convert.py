@@ -154,3 +154,62 @@ def test_geometric_schedule_moves_log_lambda_linearly(tmp_path):
         AnnealingSchedule(0, 10, 160.0, "cosine")
     with pytest.raises(ValueError, match="kgelu_anneal_shape"):
         KGeluTrainingArguments(output_dir=str(tmp_path), kgelu_anneal_shape="cosine")
+
+
+def _site_residuals(gelu, relu, batch):
+    """Per MLP: ‖reader(GELU(x)) − reader'(ReLU(x))‖ on the inputs x of that site in the GELU model."""
+    from hf_kgelu.analysis import activation_modules
+    from hf_kgelu.convert import _linear_consumers
+
+    sites = activation_modules(gelu)
+    readers = _linear_consumers(gelu, sites, batch)
+    relu_readers = _linear_consumers(relu, activation_modules(relu), batch)  # same module names after the swap
+    inputs = {}
+    handles = [m.register_forward_pre_hook(lambda m, i, n=n: inputs.__setitem__(n, i[0].detach())) for n, m in sites]
+    with torch.no_grad():
+        gelu(**batch)
+        for h in handles:
+            h.remove()
+        return {n: (readers[n](m(inputs[n])) - relu_readers[n](torch.relu(inputs[n]))).norm().item()
+                for n, m in sites if n in readers}  # (BERT's MLM-head activation feeds a LayerNorm: no readout)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "deit", "bert"])
+def test_readout_fit_reproduces_each_gelu_layer_better_than_the_swap(arch):
+    from tiny_models import tiny_inputs, tiny_model
+
+    from hf_kgelu.convert import swap_with_readout_correction
+
+    gelu = tiny_model(arch, activation="gelu")
+    calibration = [tiny_inputs(arch, batch=16, seed=s) for s in range(4)]
+    swapped = convert_gelu_to_relu(gelu, None, steps=1, method="swap").model
+    fitted, report = swap_with_readout_correction(gelu, calibration, ridge=1e-6)
+    bias_only, _ = swap_with_readout_correction(gelu, calibration, mode="bias")
+    assert _activations(fitted) == {"ReLU"} and len(report.sites) == len(_site_residuals(gelu, fitted, calibration[0])) + (arch == "bert")
+    first = next(iter(_site_residuals(gelu, fitted, calibration[0])))  # the first site sees the GELU model's own inputs
+    fit, swap, bias = (_site_residuals(gelu, m, calibration[0])[first] for m in (fitted, swapped, bias_only))
+    assert fit < bias < swap  # least squares ≤ mean correction ≤ nothing, on the data it was fitted on
+    held_out = tiny_inputs(arch, batch=16, seed=99)  # and the last hidden state moves towards GELU's on new inputs
+
+    def last_hidden(model):
+        return model(**held_out, output_hidden_states=True).hidden_states[-1]
+
+    with torch.no_grad():
+        reference = last_hidden(gelu)
+        assert (last_hidden(fitted) - reference).norm() < (last_hidden(swapped) - reference).norm()
+    with pytest.raises(ValueError, match="mode"):
+        swap_with_readout_correction(gelu, calibration, mode="exact")
+
+
+def test_readout_recipe_beats_the_swap_on_a_trained_model(tmp_path, pretrained):
+    gelu, _ = pretrained
+    blocks = text_blocks()
+    swap = convert_gelu_to_relu(gelu, blocks["train"], steps=1, method="swap")
+    fitted = convert_gelu_to_relu(gelu, blocks["train"], steps=0, method="readout", batch_size=8)
+    tuned = convert_gelu_to_relu(gelu, blocks["train"], steps=6, output_dir=tmp_path, batch_size=8,
+                                 fitted=(fitted.model, fitted.report))  # the default recipe, reusing the fit
+    assert tuned.method == "readout_finetune" and tuned.distill and _activations(tuned.model) == {"ReLU"}
+    ppl = {name: evaluate_model(m, blocks["validation"])["perplexity"]
+           for name, m in (("gelu", gelu), ("swap", swap.model), ("fit", fitted.model), ("tuned", tuned.model))}
+    assert ppl["fit"] < ppl["swap"] and ppl["tuned"] < ppl["swap"]
+    assert abs(ppl["fit"] - ppl["gelu"]) < abs(ppl["swap"] - ppl["gelu"]) / 2  # most of the gap closed without training
