@@ -251,6 +251,20 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, inputs: Mapping[str, t
 # The `hf-kgelu analyze` command
 
 
+NONLINEAR_OPS = ("Relu", "Erf", "Gelu", "Tanh", "Sigmoid", "Softmax")
+
+
+def _export_and_check(model: nn.Module, path, batch: Mapping) -> list[str]:
+    """Export to ONNX with `batch` as the example, run onnxruntime on it, and describe the result."""
+    names = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+    example = {k: torch.as_tensor(v) for k, v in batch.items() if k in names}
+    ops = export_onnx(model, path, example)
+    difference = check_onnx(model, path, example)
+    counts = ", ".join(f"{op} ×{ops.count(op)}" for op in NONLINEAR_OPS if op in ops)
+    return [f"\nONNX: {path} — {len(ops)} nodes; nonlinear operators: {counts or 'none'}",
+            f"onnxruntime vs PyTorch on one batch: max |difference| = {difference:.3g}"]
+
+
 def run_analyze(args) -> int:
     """`hf-kgelu analyze MODEL --data …`: the sparsity table (and JSON), optionally vs a GELU model."""
     import sys
@@ -258,6 +272,7 @@ def run_analyze(args) -> int:
     from .hub import _load_tokenizer, load_checkpoint
     from .metrics import iter_batches, load_eval_data
 
+    onnx_lines = []
     try:
         reports = []
         for label, checkpoint in (("model", args.model), ("GELU", args.compare)):
@@ -270,12 +285,19 @@ def run_analyze(args) -> int:
             kinds = sorted({type(m).__name__ for _, m in activation_modules(model)}) if activation_modules(model) else []
             reports.append(activation_sparsity(model, iter_batches(data, args.batch_size), near_zero=args.near_zero,
                                                max_batches=args.max_batches, name=f"{Path(checkpoint).name} ({'/'.join(kinds)})"))
+            if label == "model" and getattr(args, "onnx", None):
+                onnx_lines = _export_and_check(model, args.onnx, next(iter(iter_batches(data, args.batch_size))))
+    except ImportError as error:
+        print(f"hf-kgelu analyze: error: --onnx needs the onnx extra (pip install onnx onnxruntime): {error}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"hf-kgelu analyze: error: {error}", file=sys.stderr)
         return 2
     print(sparsity_table(reports))
     print(f"\nexact zeros: outputs == 0; APoZ: per-channel fraction of zeros (Network Trimming), mean and max over channels; "
           f"dead: channels with APoZ ≥ {DEAD_APOZ}; near zero: |f| < {args.near_zero:g} × the layer's mean |f| on this data.")
+    for line in onnx_lines:
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps([r.to_dict() for r in reports], indent=1) + "\n", encoding="utf-8")
         print(f"written: {args.json}")

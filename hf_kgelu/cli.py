@@ -172,6 +172,8 @@ def _add_analyze(subparsers) -> None:
     parser.add_argument("--max-batches", type=int, default=16, help="analyse at most this many batches (default 16)")
     parser.add_argument("--near-zero", type=float, default=1e-3, help="near-zero threshold relative to the layer's mean |f| (default 1e-3)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
+    parser.add_argument("--onnx", metavar="FILE", help="also export MODEL to this ONNX file (needs onnx, onnxruntime), list the "
+                        "nonlinear operators of its graph and compare onnxruntime with PyTorch on a batch of --data")
     parser.set_defaults(func=_run_analyze)
 
 

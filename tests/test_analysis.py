@@ -86,6 +86,14 @@ def test_analyze_command_prints_a_table_and_writes_json(tmp_path, capsys):
     assert reports[0]["layers"][0]["activation"] == "ReLU" and reports[0]["zero_fraction"] > 0.3
     assert reports[1]["zero_fraction"] == 0.0 and reports[1]["layers"][0]["outputs"] == 4 * 2 * 32 * 128
     assert cli_main(["analyze", str(tmp_path / "relu"), "--data", str(tmp_path / "missing")]) == 2
+    try:
+        import onnx, onnxruntime  # noqa: F401, E401
+    except ImportError:
+        return
+    code = cli_main(["analyze", str(tmp_path / "relu"), "--data", str(tmp_path / "data"), "--split", "validation",
+                     "--batch-size", "4", "--max-batches", "1", "--onnx", str(tmp_path / "relu.onnx")])
+    printed = capsys.readouterr().out
+    assert code == 0 and "Relu ×2" in printed and "Erf" not in printed and (tmp_path / "relu.onnx").is_file()
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "deit", "bert"])
