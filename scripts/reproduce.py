@@ -501,14 +501,26 @@ def main(argv=None) -> int:
     parser.add_argument("--update-docs", action="store_true", help="write the tables into docs/results.md (## Paper experiments)")
     parser.add_argument("--results-md", default=str(ROOT / "docs" / "results.md"), help="the file --update-docs edits")
     parser.add_argument("--machine", default=None, help="how the report names the machine (default: from the hardware)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default on a CPU-only machine: 1; two OpenMP threads on a busy 2-core "
+                             "machine were measured 100× slower than one)")
     args = parser.parse_args(argv)
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    if args.threads is None and not torch.cuda.is_available():
+        args.threads = 1
+    previous_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(previous_threads)  # the caller's setting (e.g. a test session's) is theirs
+
+
+def _run(args: argparse.Namespace) -> int:
     settings, grid = presets(args.preset)
     if args.settings:
         wanted = args.settings.split(",")
