@@ -32,7 +32,7 @@ demo: setup
 	$(BIN)/hf-kgelu demo --output-dir outputs/demo
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 test-gpu:
 	HF_HUB_OFFLINE=1 PYTHONPATH=$(CURDIR) python3 -m pytest -q -m gpu

@@ -5,7 +5,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: on 2 shared cores, OpenMP spin-waiting under load makes 2 threads up to ~90× slower.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
