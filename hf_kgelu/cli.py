@@ -116,8 +116,7 @@ def _add_convert(subparsers) -> None:
         help="turn a pretrained GELU checkpoint into a ReLU model on a small fine-tuning budget",
         description="Load CHECKPOINT (GELU), swap every GELU for ReLU and re-fit the linear layer reading each one so it "
         "reproduces the GELU layer's output on a few --data batches (least squares, no training), then fine-tune for "
-        "--budget optimizer steps with distillation from the original model (the benchmark's best recipe, see "
-        "docs/results.md), and write a stock-transformers ReLU model with its card to --output-dir.",
+        "--budget optimizer steps (the benchmark's best recipe, see docs/results.md), and write a stock-transformers ReLU model with its card to --output-dir.",
     )
     parser.add_argument("checkpoint", help="GELU checkpoint folder (config.json + safetensors weights)")
     parser.add_argument("--budget", required=True,
@@ -133,7 +132,9 @@ def _add_convert(subparsers) -> None:
                         help="readout_finetune (default): readout fit then fine-tune; readout: the fit alone (no training); "
                              "anneal: λ-GELU annealing fine-tune then relu_ize; swap_finetune: swap then fine-tune; swap: neither")
     parser.add_argument("--calibration-batches", type=int, default=8, help="batches of --data for the readout fit (default 8)")
-    parser.add_argument("--no-distill", action="store_true", help="train on the task loss only (no teacher)")
+    parser.add_argument("--distill", action="store_true",
+                        help="add distillation from the original model to the task loss (always on for encoders without a "
+                             "task head, whose only signal it is)")
     parser.add_argument("--learning-rate", type=float, default=2e-4, help="peak learning rate, linear decay (default 2e-4)")
     parser.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16)")
     parser.add_argument("--anneal-start", type=float, default=0.0, help="--method anneal: fraction of the budget before λ moves (default 0)")
@@ -143,7 +144,8 @@ def _add_convert(subparsers) -> None:
     parser.add_argument("--block-size", type=int, default=128, help="tokens per block (text data; default 128)")
     parser.add_argument("--split", help="split of a DatasetDict --data folder (default train)")
     parser.add_argument("--task", choices=("classification", "causal_lm", "masked_lm", "embedding"), help="default: from the model")
-    parser.add_argument("--eval-data", help="evaluate GELU vs ReLU on this folder / text file and put the numbers in the card")
+    parser.add_argument("--eval-data", help="evaluate GELU vs ReLU on this folder / text file and put the numbers in the card "
+                        "(encoders: mean cosine of sentence embeddings, one sentence per line)")
     parser.add_argument("--eval-split", help="split of a DatasetDict --eval-data folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_run_convert)

@@ -16,7 +16,7 @@
   linearly from the first step): the paper's linear schedule is ReLU-like after a tenth of a
   short budget, so it leaves the network no gradual path.
 
-With `distill=True` (default) the training loss adds the original GELU model as a teacher: KL
+With `distill=True` the training loss adds the original GELU model as a teacher: KL
 divergence between the teacher's and the student's token/class distributions (mixed with the
 task loss by `distill_alpha`), or, for an encoder without a task head (a sentence-embedding
 `BertModel`), 1 − cosine between mean-pooled embeddings. The teacher is a frozen copy of the
@@ -342,7 +342,7 @@ def convert_gelu_to_relu(
     *,
     steps: int,
     method: str = DEFAULT_METHOD,
-    distill: bool = True,
+    distill: bool | None = None,
     teacher: nn.Module | None = None,
     task: str | None = None,
     output_dir: str | os.PathLike = "convert_output",
@@ -371,7 +371,8 @@ def convert_gelu_to_relu(
     "readout*" methods fit the readouts on `calibration_batches` batches of `train_dataset`;
     `fitted` = (ReLU model, report) from an earlier `swap_with_readout_correction` of this same
     model skips that fit (it is copied, not changed). `disable_dropout` turns the student's dropout
-    off: a conversion fine-tune of a few steps is a calibration, and dropout noise only costs there."""
+    off: a conversion fine-tune of a few steps is a calibration, and dropout noise only costs there.
+    `distill=None` distils only where there is no task loss (embedding encoders)."""
     from transformers import default_data_collator
 
     if method not in METHODS:
@@ -379,10 +380,12 @@ def convert_gelu_to_relu(
     if method not in ("swap", "readout") and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
         raise ValueError(f"steps must be a positive number of optimizer steps for method {method!r}, got {steps!r}")
     task = task or _task_of(model)
+    if distill is None:  # the benchmark: distillation did not help models that have a task loss
+        distill = task == EMBEDDING_TASK
     if task == EMBEDDING_TASK and method not in ("swap", "readout") and not distill:
         raise ValueError(
             f"{type(model).__name__} is an encoder without a task head, so the only training signal is the original model's "
-            "embeddings: use distill=True (the default)"
+            "embeddings: use distill=True (or leave it at None, which distils exactly for such models)"
         )
     if method not in ("swap", "readout") and distill and teacher is None:
         teacher = copy.deepcopy(model)
@@ -549,15 +552,21 @@ def run_convert(args) -> int:
         scratch = tempfile.mkdtemp(prefix="hf-kgelu-convert-")  # the trainer's output_dir: nothing of it is kept
         trained = args.method not in ("swap", "readout")
         print(f"converting {args.checkpoint} ({type(model).__name__}, {task}) with {args.method}"
-              f"{' + distillation' if trained and not args.no_distill else ''}{f' for {steps} steps' if trained else ''}", flush=True)
+              f"{' + distillation' if trained and (args.distill or task == EMBEDDING_TASK) else ''}"
+              f"{f' for {steps} steps' if trained else ''}", flush=True)
         result = convert_gelu_to_relu(
-            model, train, steps=steps, method=args.method, distill=not args.no_distill, task=task,
+            model, train, steps=steps, method=args.method, distill=True if args.distill else None, task=task,
             output_dir=scratch,
             learning_rate=args.learning_rate, batch_size=args.batch_size, anneal_start=args.anneal_start,
             anneal_shape=args.anneal_shape, bound=args.bound, tolerance=args.tolerance, data_collator=collator, seed=args.seed,
             calibration_batches=args.calibration_batches,
         )
         substitution = None
+        if args.eval_data and task == EMBEDDING_TASK:
+            rows, collate = _text_rows(Path(args.eval_data), tokenizer, args.block_size, task)
+            batches = [collate(rows[i : i + 32]) for i in range(0, len(rows), 32)]
+            print(f"mean cosine of the ReLU model's sentence embeddings to the original's on {len(rows)} sentences: "
+                  f"{embedding_cosine(result.model, model, batches):.4f}", flush=True)
         if args.eval_data and task != EMBEDDING_TASK:
             evaluation = load_eval_data(args.eval_data, split=args.eval_split, tokenizer=tokenizer, block_size=args.block_size)
             before = evaluate_model(model, evaluation, task=task)
