@@ -31,6 +31,7 @@ import copy
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -522,6 +523,36 @@ def _text_rows(path: Path, tokenizer, block_size: int, task: str):
     return rows, collate
 
 
+def _describe_conversion(folder: Path, result: ConversionResult, args, scores) -> None:
+    """The card template describes a direct swap or a λ-GELU training run; say what the conversion did."""
+    readme = Path(folder) / "README.md"
+    if not readme.is_file():
+        return
+    text = readme.read_text(encoding="utf-8")
+    steps = f"{result.steps} fine-tuning step(s){' with distillation from the GELU original' if result.distill else ''}"
+    done = {
+        "readout": "every GELU was swapped for ReLU and the linear layer reading each activation was re-fitted by least "
+                   "squares so that it reproduces the GELU layer's output on calibration batches (no training)",
+        "readout_finetune": "every GELU was swapped for ReLU, the linear layer reading each activation was re-fitted by "
+                            f"least squares to reproduce the GELU layer's output on calibration batches, then {steps} followed",
+        "swap_finetune": f"every GELU was swapped for ReLU, then {steps} followed",
+    }.get(result.method)
+    if done is not None:
+        text = re.sub(r"by swapping every GELU of a GELU model for ReLU directly\n\(the direct-swap baseline[^)]*\)[^)]*\)",
+                      "by converting a GELU model with `hf-kgelu convert`", text)
+        text = re.sub(r"GELU is λ-GELU f\(x\) = x·Φ\(λx\) at λ = 1\. Every GELU was replaced by ReLU without any training\n"
+                      r"\(`hf_kgelu\.relu_ize\(model, include_gelu=True\)`\), so the bounds below are those of λ = 1\.",
+                      f"Converted from a GELU checkpoint with `hf-kgelu convert`: {done}. The bounds below compare ReLU "
+                      "with the GELU it replaced (λ = 1); the re-fit and fine-tuning compensate for that difference.", text)
+    if scores is not None:
+        metric, before, after = scores
+        section = (f"\n## Original GELU model vs this ReLU model\n\n| model | {metric} |\n|---|---:|\n"
+                   f"| original (GELU) | {before:.4f} |\n| this model (ReLU) | {after:.4f} |\n")
+        marker = "\n## Citation"
+        text = text.replace(marker, section + marker, 1) if marker in text else text + section
+    readme.write_text(text, encoding="utf-8")
+
+
 def run_convert(args) -> int:
     """`hf-kgelu convert`: load, convert with the chosen recipe, evaluate, save (see `_add_convert` in cli.py)."""
     import sys
@@ -561,29 +592,26 @@ def run_convert(args) -> int:
             anneal_shape=args.anneal_shape, bound=args.bound, tolerance=args.tolerance, data_collator=collator, seed=args.seed,
             calibration_batches=args.calibration_batches,
         )
-        substitution = None
+        scores = None  # (metric, original GELU model, converted ReLU model)
         if args.eval_data and task == EMBEDDING_TASK:
             rows, collate = _text_rows(Path(args.eval_data), tokenizer, args.block_size, task)
             batches = [collate(rows[i : i + 32]) for i in range(0, len(rows), 32)]
-            print(f"mean cosine of the ReLU model's sentence embeddings to the original's on {len(rows)} sentences: "
-                  f"{embedding_cosine(result.model, model, batches):.4f}", flush=True)
+            scores = ("mean cosine of sentence embeddings to the original's", 1.0, embedding_cosine(result.model, model, batches))
         if args.eval_data and task != EMBEDDING_TASK:
             evaluation = load_eval_data(args.eval_data, split=args.eval_split, tokenizer=tokenizer, block_size=args.block_size)
-            before = evaluate_model(model, evaluation, task=task)
-            after = evaluate_model(result.model, evaluation, task=task)
             metric = "accuracy" if task == "classification" else "perplexity"
-            print(f"{metric}: GELU {before[metric]:.4f} → ReLU {after[metric]:.4f}", flush=True)
-            from .relu import SubstitutionReport
-
-            substitution = SubstitutionReport(task=task, metric=metric, higher_is_better=metric == "accuracy",
-                                              kgelu_before=before[metric], kgelu_after=after[metric], relu_report=result.report)
+            scores = (metric, evaluate_model(model, evaluation, task=task)[metric],
+                      evaluate_model(result.model, evaluation, task=task)[metric])
+        if scores is not None:
+            print(f"{scores[0]}: GELU {scores[1]:.4f} → ReLU {scores[2]:.4f}", flush=True)
         training = {"conversion": f"{result.method}{' + distillation' if result.distill else ''}, {result.steps} steps"}
         if result.method == "anneal":
             training.update({"anneal_start": args.anneal_start, "bound": args.bound, "tolerance": args.tolerance})
         if result.method.startswith("readout"):
             training["readout fit"] = f"least squares on {args.calibration_batches} batches of {args.batch_size}"
-        folder = save_relu_model(result.model, args.output_dir, report=result.report, substitution=substitution,
-                                 processor=tokenizer, overwrite=args.overwrite, training=training)
+        folder = save_relu_model(result.model, args.output_dir, report=result.report, processor=tokenizer,
+                                 overwrite=args.overwrite, training=training)
+        _describe_conversion(folder, result, args, scores)
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as error:
         return fail(str(error))
     finally:

@@ -131,7 +131,10 @@ def test_convert_command(tmp_path, pretrained, capsys):
     assert "for 10 steps" in printed and "perplexity: GELU" in printed  # 25 % of the 40 pretraining steps
     config = json.loads((out / "config.json").read_text())
     assert config["activation_function"] == "relu" and not any(k.startswith("kgelu_") for k in config)
-    assert (out / "model.safetensors").is_file() and "relu" in (out / "README.md").read_text().lower()
+    card = (out / "README.md").read_text()
+    assert (out / "model.safetensors").is_file() and "`hf-kgelu convert`" in card and "least squares" in card
+    assert "without any training" not in card and "direct-swap baseline" not in card  # the card says what was done
+    assert "| this model (ReLU) |" in card
     reloaded = GPT2LMHeadModel.from_pretrained(str(out))
     assert _activations(reloaded) == {"ReLU"}
     assert not list(tmp_path.glob("relu.*"))  # no trainer folder left beside the output
