@@ -195,3 +195,14 @@ def test_resume_reproduces_data_targets_and_trajectory(tmp_path, data_run, stop,
             assert torch.equal(watch.lam[step][name], value), (step, name)
     for key, value in data_run["model"].state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_stock_trainer_with_the_data_bound_says_to_use_kgelu_trainer(tmp_path):
+    from transformers import Trainer
+
+    from hf_kgelu.trainer import KGeluHardnessCallback
+
+    args = make_args(tmp_path, max_steps=4, kgelu_anneal_start=0.5, kgelu_bound="data")
+    trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=text_blocks()["train"], callbacks=[KGeluHardnessCallback()])
+    with pytest.raises(ValueError, match="needs KGeluTrainer"):
+        trainer.train()
