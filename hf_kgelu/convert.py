@@ -523,7 +523,7 @@ def _text_rows(path: Path, tokenizer, block_size: int, task: str):
     return rows, collate
 
 
-def _describe_conversion(folder: Path, result: ConversionResult, args, scores) -> None:
+def _describe_conversion(folder: Path, result: ConversionResult, scores, made_with: str) -> None:
     """The card template describes a direct swap or a λ-GELU training run; say what the conversion did."""
     readme = Path(folder) / "README.md"
     if not readme.is_file():
@@ -539,10 +539,10 @@ def _describe_conversion(folder: Path, result: ConversionResult, args, scores) -
     }.get(result.method)
     if done is not None:
         text = re.sub(r"by swapping every GELU of a GELU model for ReLU directly\n\(the direct-swap baseline[^)]*\)[^)]*\)",
-                      "by converting a GELU model with `hf-kgelu convert`", text)
+                      f"by converting a GELU model with {made_with}", text)
         text = re.sub(r"GELU is λ-GELU f\(x\) = x·Φ\(λx\) at λ = 1\. Every GELU was replaced by ReLU without any training\n"
                       r"\(`hf_kgelu\.relu_ize\(model, include_gelu=True\)`\), so the bounds below are those of λ = 1\.",
-                      f"Converted from a GELU checkpoint with `hf-kgelu convert`: {done}. The bounds below compare ReLU "
+                      f"Converted from a GELU checkpoint with {made_with}: {done}. The bounds below compare ReLU "
                       "with the GELU it replaced (λ = 1); the re-fit and fine-tuning compensate for that difference.", text)
     if scores is not None:
         metric, before, after = scores
@@ -553,12 +553,42 @@ def _describe_conversion(folder: Path, result: ConversionResult, args, scores) -
     readme.write_text(text, encoding="utf-8")
 
 
+def conversion_scores(original: nn.Module, result: ConversionResult, eval_dataset, task: str, batch_size: int = 32):
+    """(metric, original GELU model's score, converted ReLU model's score) on `eval_dataset`:
+    accuracy (classification) or perplexity (causal/masked LM)."""
+    from .metrics import evaluate_model
+
+    metric = "accuracy" if task == "classification" else "perplexity"
+    return (metric, evaluate_model(original, eval_dataset, task=task, batch_size=batch_size)[metric],
+            evaluate_model(result.model, eval_dataset, task=task, batch_size=batch_size)[metric])
+
+
+def save_conversion(result: ConversionResult, output_dir: str | os.PathLike, *, processor=None, overwrite: bool = False,
+                    scores: tuple[str, float, float] | None = None, made_with: str = "`hf-kgelu convert`",
+                    repo_id: str | None = None, base_model: str | None = None, dataset_name: str | None = None) -> Path:
+    """Save `result.model` as a stock-transformers ReLU folder (`save_relu_model`) whose card says what
+    the conversion did (`made_with`: the command that did it) and, with `scores`, shows original vs ReLU."""
+    from .hub import save_relu_model
+
+    settings = result.settings
+    training = {"conversion": f"{result.method}{' + distillation' if result.distill else ''}, {result.steps} steps"}
+    if result.method == "anneal":
+        training.update({key: settings.get(key) for key in ("anneal_start", "bound", "tolerance")})
+    if result.method.startswith("readout"):
+        training["readout fit"] = f"least squares on {settings.get('calibration_batches')} batches of {settings.get('batch_size')}"
+    folder = save_relu_model(result.model, output_dir, report=result.report, processor=processor, overwrite=overwrite,
+                             training=training, repo_id=repo_id, base_model=base_model,
+                             datasets=[dataset_name] if dataset_name else None, eval_dataset=dataset_name if scores else None)
+    _describe_conversion(Path(folder), result, scores, made_with)
+    return Path(folder)
+
+
 def run_convert(args) -> int:
     """`hf-kgelu convert`: load, convert with the chosen recipe, evaluate, save (see `_add_convert` in cli.py)."""
     import sys
 
-    from .hub import check_output_dir, save_relu_model
-    from .metrics import evaluate_model, load_eval_data
+    from .hub import check_output_dir
+    from .metrics import load_eval_data
 
     def fail(message: str) -> int:
         print(f"hf-kgelu convert: error: {message}", file=sys.stderr)
@@ -599,19 +629,10 @@ def run_convert(args) -> int:
             scores = ("mean cosine of sentence embeddings to the original's", 1.0, embedding_cosine(result.model, model, batches))
         if args.eval_data and task != EMBEDDING_TASK:
             evaluation = load_eval_data(args.eval_data, split=args.eval_split, tokenizer=tokenizer, block_size=args.block_size)
-            metric = "accuracy" if task == "classification" else "perplexity"
-            scores = (metric, evaluate_model(model, evaluation, task=task)[metric],
-                      evaluate_model(result.model, evaluation, task=task)[metric])
+            scores = conversion_scores(model, result, evaluation, task)
         if scores is not None:
             print(f"{scores[0]}: GELU {scores[1]:.4f} → ReLU {scores[2]:.4f}", flush=True)
-        training = {"conversion": f"{result.method}{' + distillation' if result.distill else ''}, {result.steps} steps"}
-        if result.method == "anneal":
-            training.update({"anneal_start": args.anneal_start, "bound": args.bound, "tolerance": args.tolerance})
-        if result.method.startswith("readout"):
-            training["readout fit"] = f"least squares on {args.calibration_batches} batches of {args.batch_size}"
-        folder = save_relu_model(result.model, args.output_dir, report=result.report, processor=tokenizer,
-                                 overwrite=args.overwrite, training=training)
-        _describe_conversion(folder, result, args, scores)
+        folder = save_conversion(result, args.output_dir, processor=tokenizer, overwrite=args.overwrite, scores=scores)
     except (ValueError, FileNotFoundError, FileExistsError, OSError) as error:
         return fail(str(error))
     finally:

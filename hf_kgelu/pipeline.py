@@ -85,6 +85,30 @@ class PipelineArguments:
         return os.path.join(output_dir, RELU_DIRNAME) if self.relu_ize_at_end or push_to_hub else None
 
 
+@dataclass
+class ConversionArguments:
+    """`--convert_from_gelu METHOD` of run_clm.py and run_image_classification.py (`run_conversion`)."""
+
+    convert_from_gelu: str | None = field(
+        default=None,
+        metadata={"help": "instead of training: convert the GELU checkpoint --model_name_or_path into a ReLU model with this "
+                          "recipe (readout_finetune, the best; readout; anneal; swap_finetune; swap) on the training data, for "
+                          "--max_steps (or --num_train_epochs) optimizer steps, and save it in relu_output_dir (--activation is "
+                          "not used; see hf-kgelu convert)"},
+    )
+    convert_calibration_batches: int = field(default=8, metadata={"help": "--convert_from_gelu readout*: batches for the readout fit"})
+    convert_distill: bool = field(
+        default=False, metadata={"help": "--convert_from_gelu: add distillation from the GELU original to the task loss"}
+    )
+
+    def __post_init__(self):
+        if self.convert_from_gelu is not None:
+            from .convert import METHODS
+
+            if self.convert_from_gelu not in METHODS:
+                raise ValueError(f"--convert_from_gelu must be one of {', '.join(METHODS)}, got {self.convert_from_gelu!r}")
+
+
 def parse_script_arguments(*dataclass_types, args: Sequence[str] | None = None):
     """`HfArgumentParser` over `dataclass_types` + `PipelineArguments` + `KGeluTrainingArguments`;
     a single `.json`/`.yaml` argument is read as a file of all arguments (the transformers way)."""
@@ -664,3 +688,71 @@ def _scrub_token(command: str, token: str | None) -> str:
         if secret:
             command = command.replace(secret, "***")
     return command
+
+
+# ----------------------------------------------------------------------------------------------
+# Converting a pretrained GELU checkpoint (the scripts' --convert_from_gelu)
+
+
+def conversion_steps(args, num_train_rows: int) -> int:
+    """The optimizer steps the Trainer would take under `args`: `max_steps`, else the epochs' worth."""
+    if args.max_steps and args.max_steps > 0:
+        return int(args.max_steps)
+    batches = math.ceil(num_train_rows / args.per_device_train_batch_size)
+    per_epoch = max(batches // args.gradient_accumulation_steps, 1)
+    return max(1, math.ceil(args.num_train_epochs * per_epoch))
+
+
+def run_conversion(model: nn.Module, args, run_args: PipelineArguments, conversion: ConversionArguments, train_dataset,
+                   eval_dataset, *, task: str,
+                   data_collator=None, processing_class=None, checkpoint: str | None = None, dataset_name: str | None = None,
+                   script: str | None = None) -> str:
+    """`--convert_from_gelu METHOD`: convert the GELU `model` with `hf_kgelu.convert.convert_gelu_to_relu` on
+    `train_dataset` for the steps, learning rate, batch size and seed of the TrainingArguments `args`,
+    print GELU vs ReLU on `eval_dataset`, save the ReLU folder (the same as `hf-kgelu convert` writes) in
+    `--relu_output_dir` (default OUTPUT_DIR/relu_model) and push it with `--push_to_hub`. Returns the folder."""
+    from .convert import conversion_scores, convert_gelu_to_relu, save_conversion
+    from .hub import check_output_dir, push_relu_model
+
+    method = conversion.convert_from_gelu
+    if activation_of(model) != "gelu":
+        raise ValueError(f"--convert_from_gelu needs a GELU checkpoint, but --model_name_or_path builds a {activation_of(model)} "
+                         "model: train a λ-GELU model with --relu_ize_at_end instead, or give a GELU checkpoint")
+    if args.world_size > 1:
+        raise ValueError("--convert_from_gelu runs in one process (a small budget): launch the script with python, not accelerate")
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("push_to_hub needs hub_model_id (--hub_model_id NAMESPACE/NAME): the repo the ReLU model goes to")
+    relu_dir = run_args.relu_output_dir or os.path.join(args.output_dir, RELU_DIRNAME)
+    check_output_dir(relu_dir, overwrite=run_args.overwrite_relu_output)  # fail before training, not after
+    steps = conversion_steps(args, len(train_dataset))
+    overrides = {"gradient_accumulation_steps": args.gradient_accumulation_steps, "bf16": args.bf16, "fp16": args.fp16,
+                 "dataloader_num_workers": args.dataloader_num_workers, "disable_tqdm": args.disable_tqdm}
+    if args.use_cpu:
+        overrides["use_cpu"] = True
+    anneal = {}
+    if hasattr(args, "kgelu_bound"):  # the anneal recipe's target; its schedule keeps the conversion defaults
+        anneal = {"bound": args.kgelu_bound, "tolerance": args.kgelu_tolerance, "target_lambda": args.kgelu_target_lambda}
+    trained = method not in ("swap", "readout")
+    print(f"converting {checkpoint or type(model).__name__} with {method}{f' for {steps} steps' if trained else ''}", flush=True)
+    result = convert_gelu_to_relu(
+        model, train_dataset, steps=steps, method=method, distill=True if conversion.convert_distill else None, task=task,
+        output_dir=args.output_dir, learning_rate=args.learning_rate, batch_size=args.per_device_train_batch_size,
+        data_collator=data_collator, seed=args.seed, training_overrides=overrides,
+        calibration_batches=conversion.convert_calibration_batches, **anneal,
+    )
+    scores = None
+    if eval_dataset is not None:
+        scores = conversion_scores(model, result, eval_dataset, task, batch_size=args.per_device_eval_batch_size)
+        print(f"{scores[0]}: GELU {scores[1]:.4f} → ReLU {scores[2]:.4f}", flush=True)
+    script = script or Path(sys.argv[0]).name
+    folder = save_conversion(
+        result, relu_dir, processor=processing_class, overwrite=run_args.overwrite_relu_output, scores=scores,
+        made_with=f"`{script} --convert_from_gelu {method}`", repo_id=args.hub_model_id if args.push_to_hub else None,
+        dataset_name=dataset_name,
+    )
+    _custom_code_note(folder, result.model.config)
+    print(f"ReLU model: {folder}", flush=True)
+    if args.push_to_hub:
+        url = push_relu_model(folder, args.hub_model_id, private=bool(args.hub_private_repo), token=args.hub_token)
+        print(f"pushed to {url}", flush=True)
+    return str(folder)

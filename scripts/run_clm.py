@@ -13,6 +13,8 @@ blocks with `datasets`), or a built-in corpus (`--corpus embedded` = the stdlib 
         --corpus python_docs --max_train_tokens 2000000 --block_size 128 --output_dir outputs/gpt2-pydocs \\
         --activation kgelu --num_train_epochs 3 --learning_rate 1e-3 --eval_strategy epoch --relu_ize_at_end
     accelerate launch scripts/run_clm.py ...   # same arguments, several GPUs
+    python scripts/run_clm.py --model_name_or_path GELU_CHECKPOINT --convert_from_gelu readout_finetune \\
+        --corpus python_docs --max_steps 200 --learning_rate 2e-4 --output_dir outputs/gpt2-relu   # GELU → ReLU, docs/scripts.md
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ from transformers import (
 
 import hf_kgelu  # noqa: F401  (registers "kgelu")
 from hf_kgelu.data import causal_lm_blocks, embedded_text, gpt2_tokenizer, python_docs_text
-from hf_kgelu.pipeline import parse_script_arguments, print_summary, run_pipeline, with_activation
+from hf_kgelu.pipeline import (
+    ConversionArguments,
+    parse_script_arguments,
+    print_summary,
+    run_conversion,
+    run_pipeline,
+    with_activation,
+)
 
 logger = logging.getLogger(__name__)
 CORPORA = ("embedded", "python_docs")
@@ -132,9 +141,10 @@ def load_data(data_args: DataArguments, tokenizer):
     return train, evaluation, name
 
 
-def build_model(model_args: ModelArguments, activation: str, tokenizer, block_size: int):
+def build_model(model_args: ModelArguments, activation: str | None, tokenizer, block_size: int):
     if model_args.model_name_or_path:
-        config = with_activation(AutoConfig.from_pretrained(model_args.model_name_or_path), activation)
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+        config = with_activation(config, activation) if activation else config  # None: the checkpoint's own
         return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, config=config)
     if model_args.model_type != "gpt2":
         raise ValueError(f"fresh models are GPT-2 (--model_type gpt2); start other architectures from --model_name_or_path, got {model_args.model_type!r}")
@@ -148,13 +158,22 @@ def build_model(model_args: ModelArguments, activation: str, tokenizer, block_si
 
 
 def main(argv=None) -> int:
-    model_args, data_args, run_args, training_args = parse_script_arguments(ModelArguments, DataArguments, args=argv)
+    model_args, data_args, conversion, run_args, training_args = parse_script_arguments(
+        ModelArguments, DataArguments, ConversionArguments, args=argv
+    )
+    if conversion.convert_from_gelu and not model_args.model_name_or_path:
+        raise ValueError("--convert_from_gelu converts a pretrained GELU checkpoint: pass it as --model_name_or_path PATH")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level())
     set_seed(training_args.seed)
     tokenizer = load_tokenizer(model_args)
     with training_args.main_process_first(desc="tokenising"):
         train, evaluation, dataset_name = load_data(data_args, tokenizer)
-    model = build_model(model_args, run_args.activation, tokenizer, data_args.block_size)
+    activation = None if conversion.convert_from_gelu else run_args.activation
+    model = build_model(model_args, activation, tokenizer, data_args.block_size)
+    if conversion.convert_from_gelu:
+        run_conversion(model, training_args, run_args, conversion, train, evaluation, task="causal_lm", data_collator=default_data_collator,
+                       processing_class=tokenizer, checkpoint=model_args.model_name_or_path, dataset_name=dataset_name)
+        return 0
     result = run_pipeline(
         model, training_args, train, evaluation, task="causal_lm", processing_class=tokenizer,
         data_collator=default_data_collator,  # fixed-length blocks: nothing to pad

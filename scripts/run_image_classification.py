@@ -11,6 +11,8 @@ DIR/test/...). An image processor configured for the data is saved with the mode
     python scripts/run_image_classification.py --dataset digits --output_dir outputs/deit-digits \\
         --activation kgelu --num_train_epochs 20 --learning_rate 3e-3 --eval_strategy epoch --relu_ize_at_end
     accelerate launch scripts/run_image_classification.py ...   # same arguments, several GPUs
+    python scripts/run_image_classification.py --model_name_or_path GELU_CHECKPOINT --convert_from_gelu readout_finetune \\
+        --dataset fashion_mnist --max_steps 200 --output_dir outputs/deit-relu   # GELU → ReLU, docs/scripts.md
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from transformers import (
 
 import hf_kgelu  # noqa: F401  (registers "kgelu")
 from hf_kgelu.data import FASHION_MNIST_LABELS, digits_splits, fashion_mnist_splits
-from hf_kgelu.pipeline import parse_script_arguments, print_summary, run_pipeline, with_activation
+from hf_kgelu.pipeline import (
+    ConversionArguments,
+    parse_script_arguments,
+    print_summary,
+    run_conversion,
+    run_pipeline,
+    with_activation,
+)
 from hf_kgelu.presets import DIGITS_LABELS, IMAGE_SIZE, RAW_PIXEL_MAX, image_processor_for, label_maps
 
 logger = logging.getLogger(__name__)
@@ -110,14 +119,14 @@ def with_processor(dataset, processor, num_channels: int):
     return dataset.with_transform(transform)
 
 
-def build_model(model_args: ModelArguments, activation: str, labels: list[str], image_size: int, num_channels: int | None):
+def build_model(model_args: ModelArguments, activation: str | None, labels: list[str], image_size: int, num_channels: int | None):
     maps = label_maps(labels)
     if model_args.model_name_or_path:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path)
         resized = config.num_labels != len(labels)
         if resized:  # a new head for these classes; the rest of the checkpoint loads as is
             config.update({**maps, "num_labels": len(labels)})
-        config = with_activation(config, activation)
+        config = with_activation(config, activation) if activation else config  # None: the checkpoint's own
         return AutoModelForImageClassification.from_pretrained(
             model_args.model_name_or_path, config=config, ignore_mismatched_sizes=resized
         )
@@ -135,7 +144,11 @@ def build_model(model_args: ModelArguments, activation: str, labels: list[str], 
 
 
 def main(argv=None) -> int:
-    model_args, data_args, run_args, training_args = parse_script_arguments(ModelArguments, DataArguments, args=argv)
+    model_args, data_args, conversion, run_args, training_args = parse_script_arguments(
+        ModelArguments, DataArguments, ConversionArguments, args=argv
+    )
+    if conversion.convert_from_gelu and not model_args.model_name_or_path:
+        raise ValueError("--convert_from_gelu converts a pretrained GELU checkpoint: pass it as --model_name_or_path PATH")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=training_args.get_process_log_level())
     set_seed(training_args.seed)
     processor = None
@@ -160,7 +173,12 @@ def main(argv=None) -> int:
         train, evaluation, labels, size, raw_max, dataset_name = load_builtin(data_args)
         channels = 1
         processor = processor or image_processor_for(size, raw_max, 1)
-    model = build_model(model_args, run_args.activation, labels, size, channels)
+    activation = None if conversion.convert_from_gelu else run_args.activation
+    model = build_model(model_args, activation, labels, size, channels)
+    if conversion.convert_from_gelu:
+        run_conversion(model, training_args, run_args, conversion, train, evaluation, task="classification", processing_class=processor,
+                       checkpoint=model_args.model_name_or_path, dataset_name=dataset_name)
+        return 0
     result = run_pipeline(
         model, training_args, train, evaluation, task="classification", processing_class=processor,
         substitution=run_args.substitution, relu_output_dir=run_args.relu_dir(training_args.output_dir, training_args.push_to_hub),
