@@ -182,16 +182,14 @@ def convert_to_kgelu(
     `save_pretrained` → `from_pretrained` rebuilds the same model.
     """
     register_kgelu()
-    gelu_classes = tuple(
-        {_activation_class(n) for n in GELU_NAMES if n in hf_activations.ACT2CLS} | {nn.GELU}
-    )
+    gelu_classes = gelu_module_classes()
     device = _model_device(model)
-    replaced = []
+    replaced = 0
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, gelu_classes):
                 setattr(parent, child_name, KGELU(tau=tau if tau is not None else DEFAULT_TAU).to(device))
-                replaced.append(child_name)
+                replaced += 1
     if not replaced:
         raise ValueError(f"{type(model).__name__} has no GELU activation module to convert to λ-GELU")
     if getattr(model, "config", None) is not None:
@@ -207,9 +205,14 @@ def convert_to_kgelu(
     return model
 
 
-def _activation_class(name: str) -> type:
-    entry = hf_activations.ACT2CLS[name]
-    return entry[0] if isinstance(entry, tuple) else entry
+def gelu_module_classes() -> tuple[type, ...]:
+    """The module classes of the GELU family (transformers' GELU names and `nn.GELU`)."""
+    classes = {nn.GELU}
+    for name in GELU_NAMES:
+        entry = hf_activations.ACT2CLS.get(name)
+        if entry is not None:
+            classes.add(entry[0] if isinstance(entry, tuple) else entry)
+    return tuple(classes)
 
 
 def _model_device(model: nn.Module) -> torch.device:

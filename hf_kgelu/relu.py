@@ -19,12 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
-from transformers import activations as hf_activations
 
 from .hardness import BOUNDS, tolerance_at
 from .metrics import evaluate_model, infer_task
 from .modules import KGELU
-from .registry import GELU_NAMES, KGELU_NAME, activation_config_keys
+from .registry import GELU_NAMES, KGELU_NAME, activation_config_keys, gelu_module_classes
 
 RELU_NAME = "relu"
 KGELU_CONFIG_PREFIX = "kgelu_"
@@ -76,16 +75,6 @@ class ReluReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def gelu_module_classes() -> tuple[type, ...]:
-    """The module classes of the GELU family (transformers' GELU names and `nn.GELU`)."""
-    classes = {nn.GELU}
-    for name in GELU_NAMES:
-        entry = hf_activations.ACT2CLS.get(name)
-        if entry is not None:
-            classes.add(entry[0] if isinstance(entry, tuple) else entry)
-    return tuple(classes)
 
 
 def _peft_modules(model: nn.Module) -> list[str]:

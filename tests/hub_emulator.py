@@ -147,6 +147,18 @@ def _handler_for(hub: HubEmulator):
                 return False
             return True
 
+        def _repo_head(self, repo: str, rev: str, write: bool) -> dict | None:
+            """The commit `rev` of `repo`, or None once the matching error (401/404) is sent."""
+            if not self._authorized(write=write, repo_id=repo):
+                return None
+            if repo not in hub.repos:
+                self._error(404, "Repository not found", "RepoNotFound")
+                return None
+            head = hub.commit_at(repo, rev)
+            if head is None:
+                self._error(404, f"Revision {rev} not found", "RevisionNotFound")
+            return head
+
         def _injected_failure(self) -> bool:
             with hub._lock:
                 for i, (status, needle) in enumerate(hub._failures):
@@ -218,13 +230,9 @@ def _handler_for(hub: HubEmulator):
 
     def commit(h: Handler, repo: str, rev: str):
         body = h._body()
-        if not h._authorized(write=True, repo_id=repo):
-            return
-        if repo not in hub.repos:
-            return h._error(404, "Repository not found", "RepoNotFound")
-        head = hub.commit_at(repo, rev)
+        head = h._repo_head(repo, rev, write=True)
         if head is None:
-            return h._error(404, f"Revision {rev} not found", "RevisionNotFound")
+            return
         files = dict(head["files"])
         summary = ""
         for line in body.splitlines():
@@ -247,13 +255,9 @@ def _handler_for(hub: HubEmulator):
                       "hookOutput": "", "pullRequestUrl": None})
 
     def info(h: Handler, repo: str, rev: str | None = None):
-        if not h._authorized(write=False, repo_id=repo):
-            return
-        if repo not in hub.repos:
-            return h._error(404, "Repository not found", "RepoNotFound")
-        head = hub.commit_at(repo, rev or "main")
+        head = h._repo_head(repo, rev or "main", write=False)
         if head is None:
-            return h._error(404, f"Revision {rev} not found", "RevisionNotFound")
+            return
         h._send(200, {
             "id": repo, "modelId": repo, "author": repo.split("/")[0], "sha": head["oid"],
             "private": hub.repos[repo]["private"], "lastModified": head["date"], "createdAt": hub.repos[repo]["commits"][0]["date"],
@@ -262,26 +266,18 @@ def _handler_for(hub: HubEmulator):
         })
 
     def tree(h: Handler, repo: str, rev: str, path: str | None = None):
-        if not h._authorized(write=False, repo_id=repo):
-            return
-        if repo not in hub.repos:
-            return h._error(404, "Repository not found", "RepoNotFound")
-        head = hub.commit_at(repo, rev)
+        head = h._repo_head(repo, rev, write=False)
         if head is None:
-            return h._error(404, f"Revision {rev} not found", "RevisionNotFound")
+            return
         prefix = f"{path.strip('/')}/" if path else ""
         entries = [{"type": "file", "oid": oid, "size": size, "path": p}
                    for p, (oid, size) in sorted(head["files"].items()) if p.startswith(prefix)]
         h._send(200, entries)
 
     def resolve(h: Handler, repo: str, rev: str, path: str):
-        if not h._authorized(write=False, repo_id=repo):
-            return
-        if repo not in hub.repos:
-            return h._error(404, "Repository not found", "RepoNotFound")
-        head = hub.commit_at(repo, rev)
+        head = h._repo_head(repo, rev, write=False)
         if head is None:
-            return h._error(404, f"Revision {rev} not found", "RevisionNotFound")
+            return
         if path not in head["files"]:
             return h._error(404, "Entry not found", "EntryNotFound")
         oid, size = head["files"][path]
