@@ -39,7 +39,7 @@ def variants(rows: int, dtype: torch.dtype, compile_naive: bool):
     """name -> (make_input, fn(x, lam), lam or None, kernel CONFIG overrides while measured).
     make_input returns a fresh leaf. The alternative Φ forms of our kernel are timed where the
     naive version is compiled too (the target size)."""
-    from hf_kgelu.functional import kgelu
+    from hf_kgelu.functional import kgelu, kgelu_theta
 
     dev = "cuda"
 
@@ -52,6 +52,12 @@ def variants(rows: int, dtype: torch.dtype, compile_naive: bool):
     lam = torch.tensor([1.7], device=dev, requires_grad=True)
     lam_frozen = torch.tensor([1.7], device=dev)
     lam_channels = torch.linspace(1.01, 20.0, WIDTH, device=dev).requires_grad_()
+    theta = torch.tensor([0.07], device=dev, requires_grad=True)  # λ ≈ 1.7 at τ = 0.1
+    theta_channels = torch.linspace(-0.3, 2.0, WIDTH, device=dev).requires_grad_()
+
+    def module_path(x, t):  # what a KGELU site runs: λ = 1 + softplus(θ/τ) inside the kernel
+        return kgelu_theta(x, t, 0.1)
+
     table = {
         "gelu": (dense, lambda x, _: F.gelu(x), None, {}),
         "relu": (dense, lambda x, _: F.relu(x), None, {}),
@@ -60,6 +66,8 @@ def variants(rows: int, dtype: torch.dtype, compile_naive: bool):
     if compile_naive:
         table["naive λ-GELU, torch.compile"] = (dense, torch.compile(naive_kgelu, fullgraph=True), lam, {})
     table |= {
+        "λ-GELU (ours), KGELU site (θ)": (dense, module_path, theta, {}),
+        "λ-GELU (ours), KGELU per-channel θ": (dense, module_path, theta_channels, {}),
         "λ-GELU (ours)": (dense, kgelu, lam, {}),
         "λ-GELU (ours), λ frozen": (dense, kgelu, lam_frozen, {}),
         "λ-GELU (ours), per-channel": (dense, kgelu, lam_channels, {}),
@@ -171,7 +179,7 @@ def host_overhead(calls: int = 300) -> list[dict]:
     import time
 
     from hf_kgelu import functional
-    from hf_kgelu.functional import KGeluKernelFunction, kgelu
+    from hf_kgelu.functional import KGeluKernelFunction, kgelu, kgelu_theta
 
     x = torch.randn(64, 64, device="cuda", requires_grad=True)
     g = torch.randn(64, 64, device="cuda")
@@ -186,7 +194,8 @@ def host_overhead(calls: int = 300) -> list[dict]:
         "λ-GELU (ours), eager autograd.Function": lambda: KGeluKernelFunction.apply(x, lam),
         "λ-GELU (ours), through kgelu()": lambda: kgelu(x, lam),
         "λ-GELU (ours), through the custom op": lambda: torch.ops.hf_kgelu.kgelu(x, lam),
-        "λ-GELU (ours) with λ = 1 + softplus(θ/τ)": lambda: kgelu(x, 1.0 + F.softplus(theta / 0.1)),
+        "λ-GELU (ours) with λ = 1 + softplus(θ/τ) in torch": lambda: kgelu(x, 1.0 + F.softplus(theta / 0.1)),
+        "λ-GELU (ours), KGELU path (θ in the kernel)": lambda: kgelu_theta(x, theta, 0.1),
         "torch path (HF_KGELU_FORCE_REFERENCE)": lambda: reference_path(x, lam),
         "naive λ-GELU": lambda: naive_kgelu(x, lam),
     }
@@ -204,9 +213,10 @@ def host_overhead(calls: int = 300) -> list[dict]:
 
 
 def sweep(rows: int, dtypes: list[str]) -> list[dict]:
-    """Device time (CUDA-graph replays) of our forward and forward+backward with one CONFIG
-    entry of the kernels changed at a time, against torch's GELU."""
-    from hf_kgelu.functional import kgelu
+    """Device time (CUDA-graph replays) of a KGELU site's forward and forward+backward (θ in the
+    kernel; per site and per channel) with one CONFIG entry of the kernels changed at a time,
+    against torch's GELU."""
+    from hf_kgelu.functional import kgelu_theta
     from hf_kgelu.kernels import CONFIG
 
     default = dict(CONFIG)
@@ -217,23 +227,27 @@ def sweep(rows: int, dtypes: list[str]) -> list[dict]:
         def make():
             return torch.randn(rows, WIDTH, device="cuda", dtype=dtype).requires_grad_()
 
-        lam = torch.tensor([1.7], device="cuda", requires_grad=True)
         ref = graph_time(lambda x, _: F.gelu(x), make, None, dtype)
-        configs = [dict(cdf=c) for c in ("rational", "erfc", "erf")]
-        configs += [dict(fwd_block=b, bwd_block=b, fwd_warps=w, bwd_warps=w) for b, w in ((1024, 4), (2048, 8), (4096, 4), (4096, 8))]
-        configs += [dict(bwd_tiles=t) for t in (1, 2, 8)]
-        for change in configs:
-            CONFIG.clear()
-            CONFIG.update(default, **change)
-            t = graph_time(kgelu, make, lam, dtype)
-            row = dict(dtype=dname, change=" ".join(f"{k}={v}" for k, v in change.items()),
-                       fwd_us=t["fwd_graph_ms"] * 1e3, fwd_bwd_us=t["fwd_bwd_graph_ms"] * 1e3,
-                       gelu_fwd_us=ref["fwd_graph_ms"] * 1e3, gelu_fwd_bwd_us=ref["fwd_bwd_graph_ms"] * 1e3,
-                       fwd_vs_gelu=t["fwd_graph_ms"] / ref["fwd_graph_ms"],
-                       fwd_bwd_vs_gelu=t["fwd_bwd_graph_ms"] / ref["fwd_bwd_graph_ms"])
-            results.append(row)
-            print(f"sweep {dname} {row['change']:44} fwd {row['fwd_us']:7.1f} us ({row['fwd_vs_gelu']:.3f}x gelu)  "
-                  f"fwd+bwd {row['fwd_bwd_us']:7.1f} us ({row['fwd_bwd_vs_gelu']:.3f}x gelu)", flush=True)
+        configs = [{}]
+        configs += [dict(bwd_block=b, bwd_warps=w) for b, w in ((1024, 4), (2048, 8), (4096, 8), (1024, 2))]
+        configs += [dict(channel_programs_per_sm=p) for p in (2, 4, 16)]
+        configs += [dict(channel_bwd_warps=8)]
+        configs += [dict(sum_block=b, sum_warps=w) for b, w in ((8192, 8), (16384, 16))]
+        configs += [dict(fwd_block=b, fwd_warps=w) for b, w in ((1024, 4), (4096, 8))]
+        for layout, theta in (("site", torch.tensor([0.07], device="cuda", requires_grad=True)),
+                              ("channel", torch.linspace(-0.3, 2.0, WIDTH, device="cuda").requires_grad_())):
+            for change in configs:
+                CONFIG.clear()
+                CONFIG.update(default, **change)
+                t = graph_time(lambda x, th: kgelu_theta(x, th, 0.1), make, theta, dtype)
+                row = dict(dtype=dname, layout=layout, change=" ".join(f"{k}={v}" for k, v in change.items()) or "defaults",
+                           fwd_us=t["fwd_graph_ms"] * 1e3, fwd_bwd_us=t["fwd_bwd_graph_ms"] * 1e3,
+                           gelu_fwd_us=ref["fwd_graph_ms"] * 1e3, gelu_fwd_bwd_us=ref["fwd_bwd_graph_ms"] * 1e3,
+                           fwd_vs_gelu=t["fwd_graph_ms"] / ref["fwd_graph_ms"],
+                           fwd_bwd_vs_gelu=t["fwd_bwd_graph_ms"] / ref["fwd_bwd_graph_ms"])
+                results.append(row)
+                print(f"sweep {dname} {layout:7} {row['change']:36} fwd {row['fwd_us']:7.1f} us ({row['fwd_vs_gelu']:.3f}x gelu)  "
+                      f"fwd+bwd {row['fwd_bwd_us']:7.1f} us ({row['fwd_bwd_vs_gelu']:.3f}x gelu)", flush=True)
     CONFIG.clear()
     CONFIG.update(default)
     return results

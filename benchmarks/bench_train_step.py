@@ -10,9 +10,11 @@ path); "naive" is a plain module computing x·½·(1 + erf(λx/√2)) with λ = 
     python benchmarks/bench_train_step.py --model deit --csv outputs/bench/train_step_deit.csv
     python benchmarks/bench_train_step.py --tiny --device cpu --steps 2   # smoke test
 
-Each variant is built fresh (same seed), warmed up, then timed step by step with CUDA events;
-the sequence of variants is repeated (--repeats) and the median over all timed steps reported,
-with each repeat's median alongside to show the spread. Prints a table, writes a CSV.
+All variants are built (same seed) and warmed up, then timed in interleaved rounds, one step of
+each per round with CUDA events, so drift of the clock or of neighbours on a shared machine hits
+them alike; reported: the median step, the median and quartiles of the per-round ratio to the
+first variant, and the step's peak memory above the resting allocation. Prints a table, writes
+a CSV.
 """
 
 from __future__ import annotations
@@ -84,11 +86,11 @@ def make_batch(model: str, net, batch: int, seq: int, device: str):
     return dict(pixel_values=pixels, labels=torch.randint(0, cfg.num_labels, (batch,), device=device))
 
 
-def run_variant(args, variant: str) -> tuple[list[float], int]:
-    """Per-step times (ms) and peak memory (bytes) of one freshly built model."""
+def build_step(args, variant: str):
+    """A model of this variant with its optimizer and batch, and a function running one
+    training step of it (setting the kernel/torch-path flag the variant needs)."""
     from hf_kgelu import functional
 
-    functional.FORCE_REFERENCE = variant == "kgelu-torch"
     torch.manual_seed(0)
     cuda = args.device.startswith("cuda")
     net = build_model(args.model, variant, args.tiny).to(args.device)
@@ -98,34 +100,33 @@ def run_variant(args, variant: str) -> tuple[list[float], int]:
     autocast = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16)
 
     def step():
+        functional.FORCE_REFERENCE = variant == "kgelu-torch"
         with autocast:
             loss = net(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        functional.FORCE_REFERENCE = False
 
-    for _ in range(args.warmup):
+    return step
+
+
+def time_step(step, cuda: bool) -> tuple[float, int]:
+    """(ms, peak bytes above the resting allocation) of one step, synchronised at its end as a
+    Trainer step is (it reads the loss), so host time shows wherever it exceeds the device's."""
+    if not cuda:
+        t0 = time.perf_counter()
         step()
-    times = []
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        for _ in range(args.steps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-        peak = 0
-    functional.FORCE_REFERENCE = False
-    return times, peak
+        return (time.perf_counter() - t0) * 1e3, 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    resting = torch.cuda.memory_allocated()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    step()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end), torch.cuda.max_memory_allocated() - resting
 
 
 def main(argv=None) -> int:
@@ -134,9 +135,8 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--batch", type=int, default=None, help="default: 8 (gpt2), 64 (deit)")
     parser.add_argument("--seq", type=int, default=1024, help="tokens per sequence (gpt2)")
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=60, help="timed rounds (one step of every variant each)")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="2-layer, 32-wide models (smoke test)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--csv", default=None, help="default: outputs/bench/train_step_<model>.csv")
@@ -152,7 +152,8 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
 
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    cuda = args.device.startswith("cuda")
+    device_name = torch.cuda.get_device_name() if cuda else "cpu"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     import transformers
 
@@ -160,38 +161,42 @@ def main(argv=None) -> int:
               f"{f' × {args.seq} tokens' if args.model == 'gpt2' else ''}, bf16 autocast, fused AdamW; "
               f"{device_name}, torch {torch.__version__}, transformers {transformers.__version__}, {stamp}")
     print(header, flush=True)
+    # Every variant lives at once and the steps are interleaved round by round (in a rotating
+    # order), so clock and neighbour drift hit all variants alike; the ratio is taken per round.
+    steps = {v: build_step(args, v) for v in names}
+    for v in names:
+        for _ in range(args.warmup):
+            steps[v]()
     times = {v: [] for v in names}
-    per_repeat = {v: [] for v in names}
     peaks = {v: 0 for v in names}
-    for repeat in range(args.repeats):
-        for v in names:
-            t, peak = run_variant(args, v)
-            if args.device.startswith("cuda"):
-                torch.cuda.empty_cache()  # the variant's model is gone: start the next one clean
-            times[v] += t
-            per_repeat[v].append(statistics.median(t))
+    for round_ in range(args.steps):
+        order = names[round_ % len(names):] + names[: round_ % len(names)]
+        for v in order:
+            ms, peak = time_step(steps[v], cuda)
+            times[v].append(ms)
             peaks[v] = max(peaks[v], peak)
-            print(f"repeat {repeat} {v:12s} median {statistics.median(t):8.2f} ms  peak {peak / 2**30:6.2f} GiB", flush=True)
-
-    base = statistics.median(times[names[0]])
-    base_peak = peaks[names[0]] or 1
+    base = names[0]
     records = []
     for v in names:
-        med = statistics.median(times[v])
+        ratios = sorted(t / b for t, b in zip(times[v], times[base], strict=True))
+        quart = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
         records.append(dict(
             model=args.model, tiny=args.tiny, device=device_name, batch=args.batch, variant=v,
-            step_ms_median=med, step_ms_per_repeat=" ".join(f"{m:.2f}" for m in per_repeat[v]),
-            vs_first=med / base, peak_gib=peaks[v] / 2**30, peak_vs_first=peaks[v] / base_peak,
+            step_ms_median=statistics.median(times[v]), ratio_median=statistics.median(ratios),
+            ratio_q1=quart[0], ratio_q3=quart[2], step_peak_gib=peaks[v] / 2**30,
+            peak_vs_first=peaks[v] / (peaks[base] or 1),
         ))
     with open(csv_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
     print(header)
-    print(f"{'variant':12} {'step ms':>9} {'per repeat':>18} {f'vs {names[0]}':>9} {'peak GiB':>9} {f'peak vs {names[0]}':>13}")
+    print(f"{args.steps} interleaved rounds; ratio = this variant's step / {base}'s step of the same round; "
+          "step peak = peak memory of a step above the resting allocation (weights, optimizer state)")
+    print(f"{'variant':12} {'step ms':>9} {f'ratio vs {base}':>15} {'ratio IQR':>15} {'step peak GiB':>14} {f'peak vs {base}':>13}")
     for r in records:
-        print(f"{r['variant']:12} {r['step_ms_median']:9.2f} {r['step_ms_per_repeat']:>18} {r['vs_first']:9.3f} "
-              f"{r['peak_gib']:9.2f} {r['peak_vs_first']:13.3f}")
+        print(f"{r['variant']:12} {r['step_ms_median']:9.2f} {r['ratio_median']:15.3f} "
+              f"{r['ratio_q1']:7.3f}–{r['ratio_q3']:.3f} {r['step_peak_gib']:14.2f} {r['peak_vs_first']:13.3f}")
     print(f"CSV: {csv_path}")
     return 0
 

@@ -3,8 +3,9 @@
 # One log (log.txt, also echoed) and the benchmarks' CSVs go under $1 (default outputs/gpu).
 # Run from the repository root on a CUDA machine:
 #   bash benchmarks/run_gpu_checks.sh outputs/gpu [steps...]
-# steps: tests sweep kernel train_gpt2 train_deit (default: tests kernel train_gpt2 train_deit)
-# env: KERNEL_ROWS (bench_kernel --rows), GPT2_STEPS / GPT2_REPEATS, per-step time limits
+# steps: tests sweep choose kernel train_gpt2 train_deit (default: tests kernel train_gpt2 train_deit);
+# choose exports HF_KGELU_KERNEL_CONFIG with the sweep's winners (choose_kernel_config.py).
+# env: KERNEL_ROWS (bench_kernel --rows), GPT2_STEPS (interleaved rounds), per-step time limits
 # TESTS_S SWEEP_S KERNEL_S TRAIN_S (seconds). Outputs: log.txt and the benchmarks' CSVs.
 set -uo pipefail
 out=${1:-outputs/gpu}; shift || true
@@ -19,11 +20,16 @@ py=${PYTHON:-python3}
 for step in $steps; do
   start=$(date +%s)
   echo "===== $step" | tee -a "$log"
+  if [ "$step" = choose ]; then  # the sweep's winners for the steps after it (not in a pipe: export)
+    export HF_KGELU_KERNEL_CONFIG=$($py benchmarks/choose_kernel_config.py "$out/bench_kernel_sweep.csv")
+    echo "HF_KGELU_KERNEL_CONFIG=$HF_KGELU_KERNEL_CONFIG" | tee -a "$log"
+    continue
+  fi
   case $step in
     tests) timeout "${TESTS_S:-240}" $py -m pytest -q -p no:cacheprovider -rfE tests/test_kernel_gpu.py tests/test_functional.py ;;
     sweep) timeout "${SWEEP_S:-150}" $py benchmarks/bench_kernel.py --sweep-only --csv "$out/bench_kernel.csv" ;;
     kernel) timeout "${KERNEL_S:-180}" $py benchmarks/bench_kernel.py --rows "${KERNEL_ROWS:-256,2048,8192,32768}" --csv "$out/bench_kernel.csv" ;;
-    train_gpt2) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model gpt2 --steps "${GPT2_STEPS:-30}" --repeats "${GPT2_REPEATS:-3}" --csv "$out/train_step_gpt2.csv" ;;
+    train_gpt2) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model gpt2 --steps "${GPT2_STEPS:-60}" --csv "$out/train_step_gpt2.csv" ;;
     train_deit) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model deit --csv "$out/train_step_deit.csv" ;;
     *) echo "unknown step $step" ;;
   esac 2>&1 | tee -a "$log"

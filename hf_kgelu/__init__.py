@@ -3,7 +3,7 @@
 Importing this package registers the "kgelu" activation in transformers.
 """
 
-from .functional import kgelu, lambda_from_theta, theta_from_lambda
+from .functional import kgelu, kgelu_theta, lambda_from_theta, theta_from_lambda
 from .hardness import (
     hardness_drift,
     hardness_profile,
@@ -93,6 +93,7 @@ __all__ = [
     "init_hardness",
     "init_lambdas",
     "kgelu",
+    "kgelu_theta",
     "kgelu_config",
     "kgelu_modules_to_save",
     "lambda_from_theta",

@@ -1,8 +1,10 @@
 """The λ-GELU op: f(x) = x·Φ(λx), with its own autograd and the λ↔θ parametrisation.
 
-`kgelu(x, lam)` is the one entry point every module and kernel plugs into. λ is a float32
-tensor of shape (1,) (one hardness per site) or (C,) (one per feature of the last dimension of
-x). The backward pass saves only the input and λ, never intermediates: the gradients are
+`kgelu(x, lam)` is the one entry point every kernel plugs into. λ is a float32 tensor of shape
+(1,) (one hardness per site) or (C,) (one per feature of the last dimension of x).
+`kgelu_theta(x, theta, tau)` is the same function of θ, λ = 1 + softplus(θ/τ), which `KGELU`
+calls: on CUDA in eager mode the kernels compute λ and dθ themselves, so a site costs one launch
+each way (the softplus chain around the op cost more host time than the op itself). The backward pass saves only the input and λ, never intermediates: the gradients are
 recomputed from x, as torch's own GELU does.
 
 Dispatch: CUDA tensors (float32/bfloat16/float16) go to the fused Triton kernels in
@@ -172,6 +174,25 @@ class KGeluKernelFunction(torch.autograd.Function):
         return _kernels.kgelu_backward(grad_out, x, lam, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
 
 
+class KGeluThetaKernelFunction(torch.autograd.Function):
+    """Eager autograd of x·Φ(λx) with λ = 1 + softplus(θ/τ) computed inside the kernels: one
+    launch forward and one backward per site, and dθ directly (saves only x and θ)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tensor:
+        ctx.save_for_backward(x, theta)
+        ctx.tau = tau
+        return _kernels.kgelu_forward(x, theta, tau)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, theta = ctx.saved_tensors
+        grad_x, grad_theta = _kernels.kgelu_backward(
+            grad_out, x, theta, ctx.needs_input_grad[0], ctx.needs_input_grad[1], tau=ctx.tau
+        )
+        return grad_x, grad_theta, None
+
+
 def uses_kernel(x: torch.Tensor, lam: torch.Tensor) -> bool:
     """Whether `kgelu(x, lam)` runs the fused Triton kernel (else the torch path)."""
     return (
@@ -180,6 +201,17 @@ def uses_kernel(x: torch.Tensor, lam: torch.Tensor) -> bool:
         and x.is_cuda
         and lam.device == x.device
         and x.dtype in _KERNEL_DTYPES
+    )
+
+
+def _eager(x: torch.Tensor, param: torch.Tensor) -> bool:
+    """Plain tensors outside any tracing: the direct autograd.Functions. Compilation, fake or
+    functional tensors, dispatch modes: the registered op, which they all understand."""
+    return (
+        type(x) is torch.Tensor
+        and type(param) in (torch.Tensor, torch.nn.Parameter)
+        and not torch.compiler.is_compiling()
+        and not torch._C._len_torch_dispatch_stack()
     )
 
 
@@ -203,9 +235,19 @@ def kgelu(x: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
     if uses_kernel(x, lam):
         if lam.dtype != torch.float32:
             lam = lam.float()
-        # Plain tensors outside any tracing: the direct autograd.Function. Compilation, fake or
-        # functional tensors, dispatch modes: the registered op, which they all understand.
-        if type(x) is torch.Tensor and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack():
+        if _eager(x, lam):
             return KGeluKernelFunction.apply(x, lam)
         return torch.ops.hf_kgelu.kgelu(x, lam)
     return KGeluFunction.apply(x, lam)
+
+
+def kgelu_theta(x: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tensor:
+    """λ-GELU parametrised by θ: x·Φ(λx) with λ = 1 + softplus(θ/τ), differentiable in x and θ.
+
+    The same function as `kgelu(x, lambda_from_theta(theta, tau))`. On CUDA in eager mode the
+    kernels compute λ and dθ themselves (one launch each way, as for GELU); elsewhere, and under
+    torch.compile, it is exactly that composition."""
+    if uses_kernel(x, theta) and theta.dtype == torch.float32 and _eager(x, theta):
+        _check_lambda(x, theta)
+        return KGeluThetaKernelFunction.apply(x, theta, tau)
+    return kgelu(x, lambda_from_theta(theta, tau))

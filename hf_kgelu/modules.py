@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .functional import kgelu, lambda_from_theta, theta_from_lambda
+from .functional import kgelu_theta, lambda_from_theta, theta_from_lambda
 
 DEFAULT_TAU = 0.1
 DEFAULT_LAMBDA_INIT = 1.05
@@ -64,7 +64,10 @@ class KGELU(nn.Module):
         return lambda_from_theta(theta, self.tau)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kgelu(x, self.lam)
+        theta = self.theta
+        if _is_sharded(theta):
+            theta = theta.full_tensor()
+        return kgelu_theta(x, theta, self.tau)
 
     @torch.no_grad()
     def set_lambda(self, value: float | torch.Tensor) -> None:

@@ -438,6 +438,117 @@ def test_cuda_graph_capture_and_replay(per_channel):
         assert torch.equal(x.grad, xe.grad) and torch.equal(theta.grad, te.grad)
 
 
+# ---------------------------------------------------------------- θ inside the kernel (KGELU's path)
+
+THETAS = [-3.0, -0.2, 0.0, 0.4, 2.5, 50.0]  # at τ = 0.1: softplus from e⁻³⁰ to its linear branch
+
+
+def _theta(values, channels=None):
+    if channels is None:
+        return torch.tensor([float(values)], device="cuda")
+    return torch.linspace(-3.0, float(values), channels, device="cuda")
+
+
+@gpu
+@pytest.mark.parametrize("theta_value", THETAS)
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("tau", [0.1, 1.0])
+def test_theta_path_matches_the_composition(theta_value, per_channel, tau):
+    """kgelu_theta computes λ = 1 + softplus(θ/τ) in the kernel: the same λ as torch, the same
+    forward, and dθ = dλ·σ(θ/τ)/τ with the same partial sums."""
+    from hf_kgelu.functional import kgelu_theta
+
+    x = (torch.randn(9, 41, 341, device="cuda") * 3).requires_grad_()
+    theta = _theta(theta_value, 341 if per_channel else None).requires_grad_()
+    g = torch.randn_like(x)
+    assert functional._eager(x, theta)
+    out = kgelu_theta(x, theta, tau)
+    out.backward(g)
+    xc, tc = x.detach().clone().requires_grad_(), theta.detach().clone().requires_grad_()
+    out_c = kgelu(xc, lambda_from_theta(tc, tau))
+    out_c.backward(g)
+    # λ itself may differ from torch's by an ulp, which the far tail amplifies (∂logΦ/∂z ~ |z|)
+    torch.testing.assert_close(out, out_c, rtol=1e-5, atol=1e-30)
+    torch.testing.assert_close(x.grad, xc.grad, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(theta.grad, tc.grad, rtol=1e-5, atol=1e-30)
+    # and against float64 through the chain rule
+    lam64 = lambda_from_theta(theta.detach().double(), tau)
+    _, dlam, scale = _ref_grads(g, x.detach(), lam64)
+    dtheta = dlam * torch.sigmoid(theta.detach().double() / tau) / tau
+    bound = 1e-5 * scale * torch.sigmoid(theta.detach().double() / tau) / tau + 1e-30
+    assert ((theta.grad.double() - dtheta).abs() <= bound).all()
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_kgelu_module_uses_the_fused_theta_path(dtype, monkeypatch):
+    act = KGELU(lambda_init=3.0).cuda()
+    x = (torch.randn(64, 3072, device="cuda") * 2).to(dtype).requires_grad_()
+    calls = []
+    original = functional.KGeluThetaKernelFunction.apply
+    monkeypatch.setattr(functional.KGeluThetaKernelFunction, "apply", lambda *a: calls.append(1) or original(*a))
+    out = act(x)
+    out.float().square().sum().backward()
+    assert calls == [1] and out.dtype == dtype and act.theta.grad.dtype == torch.float32
+    grads = x.grad.clone(), act.theta.grad.clone()
+    x.grad = act.theta.grad = None
+    monkeypatch.setattr(functional, "FORCE_REFERENCE", True)
+    act(x).float().square().sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(grads[0], x.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(grads[1], act.theta.grad, rtol=10 * tol, atol=1e-6)
+
+
+@gpu
+def test_theta_gradient_of_launches_of_every_grid_size():
+    """Per site and per channel, from one program to thousands, back to back on one stream."""
+    from hf_kgelu import kernels
+
+    for rows, channels in [(3, 5), (4096, 3072), (1, 1), (777, 341), (5, 1000), (2, 7)]:
+        for per_channel in (False, True):
+            if per_channel and channels == 1:
+                continue
+            x = torch.randn(rows, channels, device="cuda")
+            g = torch.rand_like(x) + 0.5
+            theta = _theta(0.5, channels if per_channel else None)
+            _, dtheta = kernels.kgelu_backward(g, x, theta, False, True, tau=0.1)
+            lam64 = lambda_from_theta(theta.double(), 0.1)
+            _, dlam, _ = _ref_grads(g, x, lam64)
+            ref = dlam * torch.sigmoid(theta.double() / 0.1) / 0.1
+            assert ((dtheta.double() - ref).abs() <= 1e-4 * ref.abs() + 1e-20).all(), (rows, channels, per_channel)
+
+
+@gpu
+def test_kgelu_module_under_cuda_graph_capture():
+    act = KGELU(lambda_init=2.0, num_channels=341).cuda()
+    x = torch.randn(256, 341, device="cuda", requires_grad=True)
+    g = torch.randn(256, 341, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            x.grad = act.theta.grad = None
+            act(x).backward(g)
+    torch.cuda.current_stream().wait_stream(side)
+    x.grad = act.theta.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = act(x)
+        static_out.backward(g)
+    for _ in range(3):
+        with torch.no_grad():
+            x.copy_(torch.randn_like(x))
+            act.theta.copy_(torch.randn_like(act.theta))
+        graph.replay()
+        torch.cuda.synchronize()
+        xe = x.detach().clone().requires_grad_()
+        te = act.theta.detach().clone().requires_grad_()
+        out_e = functional.kgelu_theta(xe, te, act.tau)
+        out_e.backward(g)
+        assert torch.equal(static_out, out_e)
+        assert torch.equal(x.grad, xe.grad) and torch.equal(act.theta.grad, te.grad)
+
+
 # ---------------------------------------------------------------- dispatch
 
 

@@ -1,6 +1,6 @@
 """Fused Triton kernels for λ-GELU, f(x) = x·Φ(λx), and their host launchers.
 
-Two kernels, both with math in float32 whatever the storage dtype (fp32/bf16/fp16):
+Math in float32 whatever the storage dtype (fp32/bf16/fp16):
 
 - `_kgelu_fwd_kernel`: y = x·Φ(λx), one read and one write per element. Φ is computed to
   relative precision in the negative tail, like the torch path (½·(1 + erf) cancels there),
@@ -9,10 +9,19 @@ Two kernels, both with math in float32 whatever the storage dtype (fp32/bf16/fp1
 - `_kgelu_bwd_kernel`: dx = g·(Φ(λx) + λx·φ(λx)) and the λ gradient Σ g·x²·φ(λx), from g and x
   alone (nothing but x and λ is saved by the forward pass, as for torch's GELU).
 
-The λ gradient is deterministic: each program writes its partial sum to its own slot (no
-atomics, so nothing to zero before a launch and no autotune `reset_to_zero` hazard), and the
-host sums the slots with `torch.sum`, whose order is fixed for a given shape. With one λ per
-channel the partials are per (row-program, channel) and are summed over the row-programs.
+The hardness comes either as λ itself or as θ (`theta=True`), in which case the kernels compute
+λ = 1 + softplus(θ/τ) themselves (as torch does: θ·(1/τ), threshold 20) and the backward
+returns dθ: a `KGELU` site then costs one launch forward and one backward, like GELU, instead of
+a chain of tiny softplus kernels whose host time dominated small sites.
+
+The λ gradient is deterministic: each backward program writes its partial sum to its own slot
+(no atomics, so nothing to zero before a launch and no autotune `reset_to_zero` hazard), and a
+small second kernel, `_kgelu_finish_kernel`, sums the slots in a fixed order and applies the
+chain rule to θ. With one λ per site every program handles one tile (a longer-lived program's
+reduction epilogue cost more than it saved: H200 sweep); with one λ per channel a few programs
+per SM loop over row tiles, and the partials are per (row-program, channel). An earlier version
+let the last program finish the sum (an atomic ticket per launch): its gpu-scope fence per
+program made the backward slower than the extra launch.
 
 Layouts: one λ (shape (1,)) treats x as a flat vector; per-channel λ (shape (C,)) treats x as a
 (rows, C) matrix tiled in [BLOCK_R, BLOCK_C] blocks. Non-contiguous inputs are made contiguous
@@ -27,7 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import math
+import os
+import struct
 
 import torch
 import triton
@@ -38,25 +50,32 @@ from torch.library import wrap_triton
 _INV_SQRT2 = tl.constexpr(1.0 / math.sqrt(2.0))
 _INV_SQRT_2PI = tl.constexpr(1.0 / math.sqrt(2.0 * math.pi))
 
-# Launch configuration, chosen with `benchmarks/bench_kernel.py --sweep-only` on an H200
-# (device time from CUDA-graph replays at 8192×3072 elements, bf16 and fp32).
+# Launch configuration: the winners of `benchmarks/bench_kernel.py --sweep-only` on an H200, as
+# picked by `benchmarks/choose_kernel_config.py` (device time from CUDA-graph replays at
+# 8192×3072 elements, bf16 and fp32, per site and per channel; docs/results.md).
 CONFIG = {
     "fwd_block": 2048,
     "fwd_warps": 4,
-    "bwd_block": 2048,
-    "bwd_warps": 4,
-    # per-channel backward: row-programs per column block aim at this many programs per SM
-    "bwd_programs_per_sm": 8,
+    # elements per backward tile (per site: one program per tile; per channel: rows × columns)
+    "bwd_block": 1024,
+    "bwd_warps": 2,
+    # one λ per channel: about this many row-programs per SM in all, each looping over row tiles
+    "channel_programs_per_sm": 4,
+    "channel_bwd_warps": 8,
     "max_block_c": 256,
     "cdf": "rational",
-    # scalar-λ backward: consecutive blocks per program (one partial sum per program); more
-    # programs hide latency better than fewer, longer ones (H200 sweep: 1 < 2 < 4 < 8)
-    "bwd_tiles": 1,
+    # the partial-sum kernel: elements per step, warps
+    "sum_block": 16384,
+    "sum_warps": 16,
 }
+# Tuning without editing the source (benchmarks, other GPUs): a JSON object of CONFIG entries.
+CONFIG.update(json.loads(os.environ.get("HF_KGELU_KERNEL_CONFIG", "") or "{}"))
 _CDF_CODES = {"rational": 0, "erfc": 1, "erf": 2}
 
 # Above this many elements, offsets are computed in int64 (masked tail tiles may index past n).
 _INT32_SAFE_ELEMENTS = 2**30
+# torch computes softplus(x) as x above this (F.softplus's default threshold)
+_SOFTPLUS_THRESHOLD = tl.constexpr(20.0)
 
 
 @triton.jit
@@ -89,13 +108,44 @@ def _normal_cdf(z, CDF: tl.constexpr):
 
 
 @triton.jit
+def _hardness(p, inv_tau, THETA: tl.constexpr):
+    """λ from the stored parameter: p itself, or 1 + softplus(p·(1/τ)) computed as torch does."""
+    if THETA:
+        s = p * inv_tau
+        p = 1.0 + tl.where(s > _SOFTPLUS_THRESHOLD, s, libdevice.log1p(libdevice.exp(s)))
+    return p
+
+
+@triton.jit
+def _hardness_grad(dlam, p, inv_tau, THETA: tl.constexpr):
+    """dθ from dλ through λ = 1 + softplus(θ/τ), in torch's order of operations."""
+    if THETA:
+        s = p * inv_tau
+        e = libdevice.exp(s)
+        dlam = tl.where(s > _SOFTPLUS_THRESHOLD, dlam, dlam * e / (e + 1.0)) * inv_tau
+    return dlam
+
+
+@triton.jit
+def _grads(g, x, lam, CDF: tl.constexpr):
+    """(dx, λ-gradient term) of one tile; the compiler drops whichever the caller ignores."""
+    z = x * lam
+    density = tl.exp(-0.5 * z * z) * _INV_SQRT_2PI
+    dx = g * (_normal_cdf(z, CDF) + z * density)
+    # (x·φ)·x, not x·x·φ: x² would overflow to inf (and inf·0 = NaN) for |x| > 1.8e19
+    return dx, g * (x * density) * x
+
+
+@triton.jit
 def _kgelu_fwd_kernel(
     x_ptr,
-    lam_ptr,
+    param_ptr,
+    inv_tau,
     y_ptr,
     n_rows,
     n_cols,
     PER_CHANNEL: tl.constexpr,
+    THETA: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
     INT64: tl.constexpr,
@@ -108,14 +158,14 @@ def _kgelu_fwd_kernel(
         rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
         cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         col_mask = cols < n_cols
-        lam = tl.load(lam_ptr + cols, mask=col_mask, other=1.0)[None, :]
+        lam = _hardness(tl.load(param_ptr + cols, mask=col_mask, other=1.0), inv_tau, THETA)[None, :]
         offsets = rows[:, None] * n_cols + cols[None, :]
         mask = (rows < n_rows)[:, None] & col_mask[None, :]
     else:
         # flat: n_cols is the number of elements
         offsets = pid * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = offsets < n_cols
-        lam = tl.load(lam_ptr)
+        lam = _hardness(tl.load(param_ptr), inv_tau, THETA)
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     gate = _normal_cdf(x * lam, CDF)
     tl.store(y_ptr + offsets, (x * gate).to(y_ptr.dtype.element_ty), mask=mask)
@@ -125,16 +175,17 @@ def _kgelu_fwd_kernel(
 def _kgelu_bwd_kernel(
     g_ptr,
     x_ptr,
-    lam_ptr,
+    param_ptr,
+    inv_tau,
     dx_ptr,
     partial_ptr,
     n_rows,
     n_cols,
-    row_tiles_per_program,
+    n_tiles,
     PER_CHANNEL: tl.constexpr,
+    THETA: tl.constexpr,
     COMPUTE_DX: tl.constexpr,
     COMPUTE_DLAM: tl.constexpr,
-    TILES: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
     INT64: tl.constexpr,
@@ -144,44 +195,61 @@ def _kgelu_bwd_kernel(
     if INT64:
         pid = pid.to(tl.int64)
     if PER_CHANNEL:
+        # row-programs loop over row tiles with the grid's stride; partials per (program, column)
         cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
         col_mask = cols < n_cols
-        lam = tl.load(lam_ptr + cols, mask=col_mask, other=1.0)[None, :]
+        lam = _hardness(tl.load(param_ptr + cols, mask=col_mask, other=1.0), inv_tau, THETA)[None, :]
         acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-        first_row = pid * row_tiles_per_program * BLOCK_R
-        for tile in range(0, row_tiles_per_program):
-            rows = first_row + tile * BLOCK_R + tl.arange(0, BLOCK_R)
+        for tile in range(pid, n_tiles, tl.num_programs(0)):
+            rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
             offsets = rows[:, None] * n_cols + cols[None, :]
             mask = (rows < n_rows)[:, None] & col_mask[None, :]
             x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            z = x * lam
-            density = tl.exp(-0.5 * z * z) * _INV_SQRT_2PI
+            dx, term = _grads(g, x, lam, CDF)
             if COMPUTE_DX:
-                gate = _normal_cdf(z, CDF)
-                tl.store(dx_ptr + offsets, (g * (gate + z * density)).to(dx_ptr.dtype.element_ty), mask=mask)
+                tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
             if COMPUTE_DLAM:
-                # (x·φ)·x, not x·x·φ: x² would overflow to inf (and inf·0 = NaN) for |x| > 1.8e19
-                acc += g * (x * density) * x
+                acc += term
         if COMPUTE_DLAM:
             tl.store(partial_ptr + pid * n_cols + cols, tl.sum(acc, axis=0), mask=col_mask)
     else:
-        lam = tl.load(lam_ptr)
-        acc = tl.zeros([BLOCK_C], dtype=tl.float32)
-        for tile in tl.static_range(TILES):
-            offsets = (pid * TILES + tile) * BLOCK_C + tl.arange(0, BLOCK_C)
-            mask = offsets < n_cols
-            x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            z = x * lam
-            density = tl.exp(-0.5 * z * z) * _INV_SQRT_2PI
-            if COMPUTE_DX:
-                gate = _normal_cdf(z, CDF)
-                tl.store(dx_ptr + offsets, (g * (gate + z * density)).to(dx_ptr.dtype.element_ty), mask=mask)
-            if COMPUTE_DLAM:
-                acc += g * (x * density) * x
+        # flat: n_cols is the number of elements; one tile per program, one partial
+        lam = _hardness(tl.load(param_ptr), inv_tau, THETA)
+        offsets = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = offsets < n_cols
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        dx, term = _grads(g, x, lam, CDF)  # masked lanes have g = x = 0, so term = 0
+        if COMPUTE_DX:
+            tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if COMPUTE_DLAM:
-            tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
+            tl.store(partial_ptr + pid, tl.sum(term, axis=0))
+
+
+@triton.jit
+def _kgelu_finish_kernel(
+    partial_ptr,
+    param_ptr,
+    inv_tau,
+    dparam_ptr,
+    n_partials,
+    n_cols,
+    THETA: tl.constexpr,
+    SUM_ROWS: tl.constexpr,
+    SUM_COLS: tl.constexpr,
+):
+    """dλ (dθ) from the backward's (n_partials, n_cols) partials, one program per column block:
+    a fixed-order sum, so the gradient is bitwise reproducible."""
+    cols = tl.program_id(0) * SUM_COLS + tl.arange(0, SUM_COLS)
+    col_mask = cols < n_cols
+    acc = tl.zeros([SUM_ROWS, SUM_COLS], dtype=tl.float32)
+    for first in range(0, n_partials, SUM_ROWS):
+        rows = first + tl.arange(0, SUM_ROWS)
+        mask = (rows < n_partials)[:, None] & col_mask[None, :]
+        acc += tl.load(partial_ptr + rows[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
+    param = tl.load(param_ptr + cols, mask=col_mask, other=1.0)
+    tl.store(dparam_ptr + cols, _hardness_grad(tl.sum(acc, axis=0), param, inv_tau, THETA), mask=col_mask)
 
 
 @functools.lru_cache(maxsize=None)
@@ -202,6 +270,15 @@ def _on_device(device: torch.device):
     return contextlib.nullcontext()
 
 
+@functools.lru_cache(maxsize=64)
+def _inv_tau(tau: float | None) -> float:
+    """1/τ rounded as torch's θ / τ computes it on CUDA (float32 reciprocal, then a product)."""
+    if tau is None:
+        return 1.0
+    tau32 = struct.unpack("f", struct.pack("f", tau))[0]
+    return struct.unpack("f", struct.pack("f", 1.0 / tau32))[0]
+
+
 def _column_tile(n_cols: int, block: int) -> tuple[int, int]:
     # int(): under torch.compile with dynamic shapes this specialises on the channel count
     block_c = min(triton.next_power_of_2(int(n_cols)), CONFIG["max_block_c"])
@@ -212,102 +289,107 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
-def _check(x: torch.Tensor, lam: torch.Tensor) -> None:
-    if lam.dtype != torch.float32 or lam.dim() != 1:
-        raise ValueError(f"λ must be a float32 tensor of shape (1,) or (C,), got {lam.dtype} {tuple(lam.shape)}")
-    if lam.numel() > 1 and (x.dim() == 0 or x.shape[-1] != lam.numel()):
-        raise ValueError(f"per-channel λ has {lam.numel()} channels but x has shape {tuple(x.shape)}")
+def _check(x: torch.Tensor, param: torch.Tensor) -> None:
+    if param.dtype != torch.float32 or param.dim() != 1:
+        raise ValueError(f"λ (θ) must be a float32 tensor of shape (1,) or (C,), got {param.dtype} {tuple(param.shape)}")
+    if param.numel() > 1 and (x.dim() == 0 or x.shape[-1] != param.numel()):
+        raise ValueError(f"per-channel λ has {param.numel()} channels but x has shape {tuple(x.shape)}")
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"the λ-GELU kernel takes float32/bfloat16/float16 inputs, got {x.dtype}")
 
 
-def kgelu_forward(x: torch.Tensor, lam: torch.Tensor, traceable: bool = False) -> torch.Tensor:
-    """y = x·Φ(λx) for any shape; y is contiguous, with x's dtype."""
+def kgelu_forward(x: torch.Tensor, param: torch.Tensor, tau: float | None = None, traceable: bool = False) -> torch.Tensor:
+    """y = x·Φ(λx) for any shape; y is contiguous, with x's dtype. `param` is λ, or θ when a
+    temperature `tau` is given (λ = 1 + softplus(θ/τ) is then computed in the kernel)."""
     kernel = wrap_triton(_kgelu_fwd_kernel) if traceable else _kgelu_fwd_kernel
-    _check(x, lam)
+    _check(x, param)
     x = _dense(x)
-    lam = _dense(lam)
+    param = _dense(param)
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     n = x.numel()
     if n == 0:
         return y
     block = CONFIG["fwd_block"]
-    flags = dict(INT64=n > _INT32_SAFE_ELEMENTS, CDF=_CDF_CODES[CONFIG["cdf"]], num_warps=CONFIG["fwd_warps"])
+    flags = dict(THETA=tau is not None, INT64=n > _INT32_SAFE_ELEMENTS, CDF=_CDF_CODES[CONFIG["cdf"]], num_warps=CONFIG["fwd_warps"])
     with _on_device(x.device):
-        if lam.numel() == 1:
+        if param.numel() == 1:
             kernel[(triton.cdiv(n, block),)](
-                x, lam, y, 1, n, PER_CHANNEL=False, BLOCK_R=1, BLOCK_C=block, **flags
+                x, param, _inv_tau(tau), y, 1, n, PER_CHANNEL=False, BLOCK_R=1, BLOCK_C=block, **flags
             )
         else:
-            n_cols = lam.numel()
+            n_cols = param.numel()
             n_rows = n // n_cols
             block_r, block_c = _column_tile(n_cols, block)
             grid = (triton.cdiv(n_rows, block_r), triton.cdiv(n_cols, block_c))
             kernel[grid](
-                x, lam, y, n_rows, n_cols, PER_CHANNEL=True, BLOCK_R=block_r, BLOCK_C=block_c, **flags
+                x, param, _inv_tau(tau), y, n_rows, n_cols, PER_CHANNEL=True, BLOCK_R=block_r, BLOCK_C=block_c, **flags
             )
     return y
+
+
+def _row_programs(tiles: int, column_blocks: int, device: torch.device) -> int:
+    """Per-channel row-programs: about CONFIG["channel_programs_per_sm"] per SM in all."""
+    wanted = (_multiprocessors(device) * CONFIG["channel_programs_per_sm"]) // column_blocks
+    return max(1, min(tiles, wanted))
 
 
 def kgelu_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
-    lam: torch.Tensor,
+    param: torch.Tensor,
     need_x: bool = True,
-    need_lam: bool = True,
+    need_param: bool = True,
+    tau: float | None = None,
     traceable: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(dx, dλ) from the output gradient, x and λ; either is None when not needed.
-
-    dx has x's dtype and shape (contiguous); dλ is float32 with λ's shape.
-    """
+    """(dx, dλ) — or (dx, dθ) when `tau` is given — from the output gradient, x and the
+    parameter; either is None when not needed. dx has x's dtype and shape (contiguous); the
+    parameter's gradient is float32 with its shape."""
     kernel = wrap_triton(_kgelu_bwd_kernel) if traceable else _kgelu_bwd_kernel
-    _check(x, lam)
+    _check(x, param)
     if grad_out.shape != x.shape:
         raise ValueError(f"grad_out has shape {tuple(grad_out.shape)} but x has {tuple(x.shape)}")
-    if not need_x and not need_lam:
+    if not need_x and not need_param:
         return None, None
     x = _dense(x)
     grad_out = _dense(grad_out)  # e.g. the stride-0 gradient of a .sum()
-    lam = _dense(lam)
+    param = _dense(param)
     n = x.numel()
     dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None
     if n == 0:
-        return dx, (torch.zeros_like(lam) if need_lam else None)
-    block = CONFIG["bwd_block"]
-    flags = dict(
-        COMPUTE_DX=need_x,
-        COMPUTE_DLAM=need_lam,
-        INT64=n > _INT32_SAFE_ELEMENTS,
-        CDF=_CDF_CODES[CONFIG["cdf"]],
-        num_warps=CONFIG["bwd_warps"],
-    )
-    dx_arg = dx if need_x else x  # never written when COMPUTE_DX is False
+        return dx, (torch.zeros_like(param) if need_param else None)
+    theta = tau is not None
+    inv_tau = _inv_tau(tau)
+    per_channel = param.numel() > 1
+    if per_channel:
+        n_cols = param.numel()
+        n_rows = n // n_cols
+        block_r, block_c = _column_tile(n_cols, CONFIG["bwd_block"])
+        column_blocks = triton.cdiv(n_cols, block_c)
+        tiles = triton.cdiv(n_rows, block_r)
+        programs = _row_programs(tiles, column_blocks, x.device)
+        warps = CONFIG["channel_bwd_warps"]
+    else:
+        n_rows, n_cols, block_r, block_c, column_blocks = 1, n, 1, CONFIG["bwd_block"], 1
+        tiles = programs = triton.cdiv(n, block_c)
+        warps = CONFIG["bwd_warps"]
+    partial_cols = n_cols if per_channel else 1
+    partials = torch.empty(programs * partial_cols if need_param else 1, device=x.device, dtype=torch.float32)
     with _on_device(x.device):
-        if lam.numel() == 1:
-            tiles = CONFIG["bwd_tiles"]
-            programs = triton.cdiv(n, block * tiles)
-            partials = torch.empty(programs if need_lam else 1, device=x.device, dtype=torch.float32)
-            kernel[(programs,)](
-                grad_out, x, lam, dx_arg, partials, 1, n, 1,
-                PER_CHANNEL=False, TILES=tiles, BLOCK_R=1, BLOCK_C=block, **flags,
-            )
-            dlam = partials.sum(0, keepdim=True) if need_lam else None  # shape (1,), like λ
-        else:
-            n_cols = lam.numel()
-            n_rows = n // n_cols
-            block_r, block_c = _column_tile(n_cols, block)
-            col_blocks = triton.cdiv(n_cols, block_c)
-            row_tiles = triton.cdiv(n_rows, block_r)
-            # Enough row-programs to fill the chip, each looping over several row tiles, so that
-            # the partial buffer (row-programs × C floats) stays small next to x.
-            wanted = max(1, (_multiprocessors(x.device) * CONFIG["bwd_programs_per_sm"]) // col_blocks)
-            tiles_per_program = triton.cdiv(row_tiles, min(wanted, row_tiles))
-            row_programs = triton.cdiv(row_tiles, tiles_per_program)
-            partials = torch.empty((row_programs, n_cols) if need_lam else (1,), device=x.device, dtype=torch.float32)
-            kernel[(row_programs, col_blocks)](
-                grad_out, x, lam, dx_arg, partials, n_rows, n_cols, tiles_per_program,
-                PER_CHANNEL=True, TILES=1, BLOCK_R=block_r, BLOCK_C=block_c, **flags,
-            )
-            dlam = partials.sum(0) if need_lam else None
-    return dx, dlam
+        kernel[(programs, column_blocks)](
+            grad_out, x, param, inv_tau, dx if need_x else x, partials, n_rows, n_cols, tiles,
+            PER_CHANNEL=per_channel, THETA=theta, COMPUTE_DX=need_x, COMPUTE_DLAM=need_param,
+            BLOCK_R=block_r, BLOCK_C=block_c, INT64=n > _INT32_SAFE_ELEMENTS, CDF=_CDF_CODES[CONFIG["cdf"]],
+            num_warps=warps,
+        )
+        if not need_param:
+            return dx, None
+        finish = wrap_triton(_kgelu_finish_kernel) if traceable else _kgelu_finish_kernel
+        sum_cols = block_c if per_channel else 1
+        sum_rows = max(1, min(CONFIG["sum_block"] // sum_cols, triton.next_power_of_2(programs)))
+        dparam = torch.empty_like(param)
+        finish[(column_blocks,)](
+            partials, param, inv_tau, dparam, programs, partial_cols,
+            THETA=theta, SUM_ROWS=sum_rows, SUM_COLS=sum_cols, num_warps=CONFIG["sum_warps"],
+        )
+    return dx, dparam
