@@ -43,5 +43,5 @@ done
 launch clm-ddp2-resumed "${DDP_CONFIG:-ddp.yaml}" 2 clm --resume_from_checkpoint last
 $py benchmarks/compare_script_runs.py "$runs" --out "$out/summary.json" 2>&1 | tee -a "$out/log.txt"
 for f in "$runs"/*.log; do  # the first error of a failed rank, then the end
-  { echo "===== $(basename "$f")"; grep -m1 -B3 -A30 "^Traceback" "$f"; echo "-- last lines:"; tail -n 12 "$f"; } >> "$out/log.txt"
+  { echo "===== $(basename "$f")"; grep -m1 -B3 -A40 "Traceback" "$f"; echo "-- last lines:"; tail -n 12 "$f"; } >> "$out/log.txt"
 done
