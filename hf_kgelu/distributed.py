@@ -55,21 +55,59 @@ def full_theta(site: KGELU) -> torch.Tensor:
     return theta.full_tensor() if _sharded(theta) else theta
 
 
-def _fsdp2_low_precision_plugin():
-    """accelerate's FSDP2 plugin when it casts parameters to a low precision for compute, else None."""
+def _fsdp2_plugin():
+    """accelerate's FSDP plugin when this process runs FSDP2, else None."""
     try:
         from accelerate.state import AcceleratorState
     except ImportError:  # pragma: no cover - accelerate is a dependency
         return None
     state = AcceleratorState._shared_state
     plugin = state.get("fsdp_plugin") if state else None
-    if plugin is None or getattr(plugin, "fsdp_version", 1) != 2:
-        return None
-    policy = getattr(plugin, "mixed_precision_policy", None)
-    param_dtype = getattr(policy, "param_dtype", None)
+    return plugin if plugin is not None and getattr(plugin, "fsdp_version", 1) == 2 else None
+
+
+def _fsdp2_low_precision_plugin():
+    """accelerate's FSDP2 plugin when it casts parameters to a low precision for compute, else None."""
+    plugin = _fsdp2_plugin()
+    param_dtype = getattr(getattr(plugin, "mixed_precision_policy", None), "param_dtype", None)
     if param_dtype is None or param_dtype == torch.float32:
         return None
     return plugin
+
+
+def keep_input_embeddings_wrappable(model: nn.Module, plugin=None) -> list[str] | None:
+    """Work around accelerate (1.15) under FSDP2 with transformer-based wrapping, for GELU and
+    λ-GELU models alike: it shards every class of the model's `_no_split_modules` (DeiT, ViT and
+    BERT list their `*Embeddings`), then shards `get_input_embeddings()` on its own, which fails
+    inside an already sharded unit (`DeviceMesh._concatenate`: "Invariant encountered: value was
+    None when it should not be"). The classes holding the input embeddings are dropped from the
+    wrap list (their other parameters join the root unit). Returns the new list, or None when
+    nothing needed changing (another policy, an explicit list, or no such class)."""
+    plugin = plugin if plugin is not None else _fsdp2_plugin()
+    if plugin is None or getattr(plugin, "transformer_cls_names_to_wrap", None) is not None:
+        return None
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    policy = getattr(plugin, "auto_wrap_policy", None)
+    if getattr(policy, "func", policy) is not transformer_auto_wrap_policy:
+        return None
+    names = list(getattr(model, "_no_split_modules", None) or [])
+    try:
+        embeddings = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    path = next((name for name, module in model.named_modules() if module is embeddings), None)
+    if not names or not path:
+        return None
+    parts = path.split(".")
+    holders = {type(model.get_submodule(".".join(parts[:i]))).__name__ for i in range(1, len(parts))}
+    kept = [name for name in names if name not in holders]
+    if len(kept) == len(names):
+        return None
+    plugin.transformer_cls_names_to_wrap = kept
+    logger.info("FSDP2: wrapping %s (not %s, which holds the input embeddings accelerate shards separately)",
+                kept, sorted(set(names) - set(kept)))
+    return kept
 
 
 def replicated_site_mesh():
@@ -161,8 +199,9 @@ def check_theta_sync(model: nn.Module, step: int = 0, switch_step: int | None = 
 class KGeluDistributedCallback(TrainerCallback):
     """Keeps λ-GELU right under several processes (`KGeluTrainer` adds it; a no-op in one process).
 
-    - `on_init_end`: under FSDP2 with a low-precision parameter dtype, shards every λ-GELU site
-      as its own float32 unit (`shard_kgelu_sites`) before accelerate wraps the model.
+    - `on_init_end`: under FSDP2, `keep_input_embeddings_wrappable`; with a low-precision
+      parameter dtype, shards every λ-GELU site as its own float32 unit (`shard_kgelu_sites`)
+      before accelerate wraps the model. (Add it to a stock Trainer too for the first.)
     - every logged step (and the last): `check_theta_sync`, logged as `kgelu/theta_sync_max_diff`;
       `checked_steps` lists the steps checked and `switch_step` the first step every rank saw θ
       frozen (None before the switch).
@@ -175,6 +214,8 @@ class KGeluDistributedCallback(TrainerCallback):
         self.last_diff: float | None = None
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            keep_input_embeddings_wrappable(model)
         plugin = _fsdp2_low_precision_plugin()
         if model is None or plugin is None:
             return

@@ -78,7 +78,13 @@ class KGELU(nn.Module):
             value = value.detach().to(torch.float64).clamp_min(1.0 + 1e-6)
         else:
             value = torch.tensor(max(check_lambda(value), 1.0 + 1e-6), dtype=torch.float64)
-        theta = theta_from_lambda(value, self.tau).to(device=self.theta.device, dtype=torch.float32).expand(self.theta.shape)
+        theta = theta_from_lambda(value, self.tau)
+        if theta.numel() == 1 or bool((theta == theta.reshape(-1)[0]).all()):
+            # One value: fill_ passes it as a kernel argument, whereas a copy from (pageable) host
+            # memory would wait for the GPU to drain; the annealing callback calls this every step.
+            self.theta.fill_(theta.reshape(-1)[0].item())  # float32 → double → float32: exact
+            return
+        theta = theta.to(device=self.theta.device, dtype=torch.float32).expand(self.theta.shape)
         if _is_sharded(self.theta):  # FSDP2: every rank computes the full θ and writes its own shard
             from torch.distributed.tensor import distribute_tensor
 

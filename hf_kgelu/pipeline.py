@@ -568,7 +568,10 @@ def run_pipeline(
                             f"{type(args).__name__}")
         trainer_class = KGeluTrainer
     else:
+        from .distributed import KGeluDistributedCallback  # its FSDP2 wrap-list fix helps GELU models too
+
         trainer_class = Trainer
+        callbacks = [*(callbacks or []), KGeluDistributedCallback(check_sync=False)]
     trainer = trainer_class(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=data_collator,
         processing_class=processing_class, callbacks=list(callbacks or []), **metric_kwargs,

@@ -192,3 +192,34 @@ def test_fsdp2_theta_gradient_is_the_global_batch_mean(launched):
     torch.testing.assert_close(sharded, full, rtol=0.05, atol=1e-6)  # bf16 activations in the FSDP run
     for half in halves:
         assert (half - full).abs().max() > 4 * (sharded - full).abs().max()
+
+
+def test_fsdp2_wrap_list_leaves_out_the_class_holding_the_input_embeddings():
+    """accelerate shards `get_input_embeddings()` on its own after the `_no_split_modules` units;
+    for DeiT/ViT/BERT (whose *Embeddings are in that list) that second shard crashed. The fix
+    drops exactly those classes, and leaves GPT-2 (tied embeddings, GPT2Block only) alone."""
+    from types import SimpleNamespace
+
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    from transformers import BertConfig, BertForSequenceClassification, DeiTConfig, DeiTForImageClassification, GPT2Config, GPT2LMHeadModel
+
+    from hf_kgelu.distributed import keep_input_embeddings_wrappable
+
+    def plugin(**kw):
+        return SimpleNamespace(fsdp_version=2, auto_wrap_policy=transformer_auto_wrap_policy, transformer_cls_names_to_wrap=None, **kw)
+
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    deit = DeiTForImageClassification(DeiTConfig(**small, image_size=16, patch_size=8, hidden_act="kgelu"))
+    p = plugin()
+    assert keep_input_embeddings_wrappable(deit, p) == ["DeiTLayer"] and p.transformer_cls_names_to_wrap == ["DeiTLayer"]
+    bert = BertForSequenceClassification(BertConfig(**small, vocab_size=50))
+    assert keep_input_embeddings_wrappable(bert, plugin()) == ["BertLayer"]
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=16))
+    assert keep_input_embeddings_wrappable(gpt2, plugin()) is None
+    # an explicit wrap list, another policy, or FSDP1/no FSDP: untouched
+    explicit = plugin()
+    explicit.transformer_cls_names_to_wrap = ["DeiTEmbeddings", "DeiTLayer"]
+    assert keep_input_embeddings_wrappable(deit, explicit) is None
+    other_policy = SimpleNamespace(fsdp_version=2, auto_wrap_policy=None, transformer_cls_names_to_wrap=None)
+    assert keep_input_embeddings_wrappable(deit, other_policy) is None
+    assert keep_input_embeddings_wrappable(deit) is None  # no accelerate FSDP2 state in this process
