@@ -7,7 +7,8 @@
 # Writes summary.json and log.txt under $1. Needs `datasets` (carry wheels to a GPU machine).
 #   bash benchmarks/run_scripts_multi_gpu.sh outputs/multi_gpu_scripts
 # CPU smoke test (gloo, no FSDP): DDP_CONFIG=cpu.yaml FSDP_CONFIG=none SCRIPT_EXTRA="--use_cpu true".
-# ONLY="image-fsdp2 clm-1" runs just those launches.
+# ONLY="image-fsdp2 clm-1" runs just those launches; LAUNCH_EXTRA="--mixed_precision no" goes to
+# accelerate launch (fp32: the 1-vs-2-process difference is then rounding of the reduction order).
 set -uo pipefail
 out=${1:-outputs/multi_gpu_scripts}
 mkdir -p "$out"
@@ -30,7 +31,7 @@ launch() {  # tag config processes script-array-name [extra args...]
   local -n script=$name
   local start=$(date +%s)
   timeout "${LAUNCH_S:-150}" $py -m accelerate.commands.launch --config_file "scripts/accelerate_configs/$config" \
-    --num_processes "$procs" "${script[@]}" "${common[@]}" ${SCRIPT_EXTRA:-} \
+    --num_processes "$procs" ${LAUNCH_EXTRA:-} "${script[@]}" "${common[@]}" ${SCRIPT_EXTRA:-} \
     --per_device_train_batch_size $((16 / procs)) --output_dir "$runs/$tag" "$@" > "$runs/$tag.log" 2>&1
   echo "$tag: exit $? in $(( $(date +%s) - start )) s" | tee -a "$out/log.txt"
 }
