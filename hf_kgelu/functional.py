@@ -91,29 +91,35 @@ def kgelu_forward_reference(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
 def kgelu_backward_reference(
     grad_out: torch.Tensor, x: torch.Tensor, lam: torch.Tensor, need_x: bool = True, need_lam: bool = True
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Torch path of the backward pass.
+    """Torch path of the backward pass, in one buffer.
 
-    d f/dx = Φ(λx) + λx·φ(λx), which is exactly GELU's derivative at z = λx, so torch's fused
-    `gelu_backward(g, λx)` computes it in one pass. d f/dλ = x²·φ(λx) is summed over every
-    element of the site (per channel: over all but the last dimension), reusing the buffer of
-    z: z² → exp(−z²/2) (as exp2, faster than exp on CPU) → ·x·x, then one dot product with g.
+    d f/dλ = x²·φ(λx) is summed over every element of the site (per channel: over all but the
+    last dimension): z = λx → z² → exp(−z²/2) (as exp2, faster than exp on CPU) → ·x·x, then
+    one dot product with g. d f/dx = Φ(z) + z·φ(z), which is exactly GELU's derivative at
+    z = λx, so torch's fused `gelu_backward(g, z)` computes it, written into the same buffer
+    after z is recomputed there. One allocation instead of two: on CPU a second large buffer
+    cost more (fresh pages) than the extra multiply.
     """
+    if not need_x and not need_lam:
+        return None, None
     dtype = _compute_dtype(x)
     lam_c = lam.to(dtype)
     g = grad_out.to(dtype)
-    z = torch.mul(x, lam_c)  # λ is 1-d: promotes half x to float32
-    grad_x = grad_lam = None
-    if need_x:
-        grad_x = torch.ops.aten.gelu_backward(g, z).to(x.dtype).reshape(x.shape)
+    buf = torch.mul(x, lam_c)  # z; λ is 1-d: promotes half x to float32
+    grad_lam = None
     if need_lam:
         # (e·x)·x rather than e·x²: x² overflows to inf (inf·0 = NaN) for |x| > 1.8e19 in float32
-        density = z.mul_(z).mul_(_NEG_HALF_LOG2E).exp2_().mul_(x).mul_(x)
+        density = buf.mul_(buf).mul_(_NEG_HALF_LOG2E).exp2_().mul_(x).mul_(x)
         if lam.numel() == 1:
-            grad_lam = torch.dot(density.reshape(-1), g.reshape(-1)).mul_(_INV_SQRT_2PI).reshape(lam.shape)
+            grad_lam = torch.dot(density.reshape(-1), g.reshape(-1)).mul_(_INV_SQRT_2PI)
         else:
             grad_lam = density.mul_(g).reshape(-1, lam.shape[-1]).sum(0).mul_(_INV_SQRT_2PI)
-        grad_lam = grad_lam.to(lam.dtype)
-    return grad_x, grad_lam
+        grad_lam = grad_lam.reshape(lam.shape).to(lam.dtype)
+        if not need_x:
+            return None, grad_lam
+        torch.mul(x, lam_c, out=buf)
+    grad_x = torch.ops.aten.gelu_backward.grad_input(g, buf, grad_input=buf)
+    return grad_x.to(x.dtype).reshape(x.shape), grad_lam
 
 
 class KGeluFunction(torch.autograd.Function):
