@@ -9,10 +9,11 @@ Math in float32 whatever the storage dtype (fp32/bf16/fp16):
 - `_kgelu_bwd_kernel`: dx = g·(Φ(λx) + λx·φ(λx)) and the λ gradient Σ g·x²·φ(λx), from g and x
   alone (nothing but x and λ is saved by the forward pass, as for torch's GELU).
 
-The hardness comes either as λ itself or as θ (`theta=True`), in which case the kernels compute
-λ = 1 + softplus(θ/τ) themselves (as torch does: θ·(1/τ), threshold 20) and the backward
-returns dθ: a `KGELU` site then costs one launch forward and one backward, like GELU, instead of
-a chain of tiny softplus kernels whose host time dominated small sites.
+The hardness comes either as λ itself or as θ (the launchers' `tau` given), in which case the
+kernels compute λ = 1 + softplus(θ/τ) themselves (as torch does: θ·(1/τ), threshold 20) and the
+backward returns dθ: a `KGELU` site then costs one launch forward and two backward (the
+gradient kernel and the partial-sum kernel) instead of those plus a chain of tiny softplus
+kernels and autograd nodes, whose host time dominated small sites.
 
 The λ gradient is deterministic: each backward program writes its partial sum to its own slot
 (no atomics, so nothing to zero before a launch and no autotune `reset_to_zero` hazard), and a
