@@ -3,9 +3,10 @@
 `kgelu(x, lam)` is the one entry point every kernel plugs into. λ is a float32 tensor of shape
 (1,) (one hardness per site) or (C,) (one per feature of the last dimension of x).
 `kgelu_theta(x, theta, tau)` is the same function of θ, λ = 1 + softplus(θ/τ), which `KGELU`
-calls: on CUDA in eager mode the kernels compute λ and dθ themselves, so a site costs one launch
-each way (the softplus chain around the op cost more host time than the op itself). The backward pass saves only the input and λ, never intermediates: the gradients are
-recomputed from x, as torch's own GELU does.
+calls: on CUDA in eager mode the kernels compute λ and dθ themselves, so a site launches one
+kernel forward and two backward, and nothing else (the softplus chain around the op cost more
+host time than the op itself). The backward pass saves only the input and λ (θ), never
+intermediates: the gradients are recomputed from x, as torch's own GELU does.
 
 Dispatch: CUDA tensors (float32/bfloat16/float16) go to the fused Triton kernels in
 `hf_kgelu.kernels`. Under torch.compile (and any tracing mode) they go through the
@@ -181,8 +182,9 @@ class KGeluKernelFunction(torch.autograd.Function):
 
 
 class KGeluThetaKernelFunction(torch.autograd.Function):
-    """Eager autograd of x·Φ(λx) with λ = 1 + softplus(θ/τ) computed inside the kernels: one
-    launch forward and one backward per site, and dθ directly (saves only x and θ)."""
+    """Eager autograd of x·Φ(λx) with λ = 1 + softplus(θ/τ) computed inside the kernels: the
+    forward kernel, the backward kernel and its partial-sum kernel per site, dθ directly (saves
+    only x and θ)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tensor:
@@ -251,7 +253,7 @@ def kgelu_theta(x: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tenso
     """λ-GELU parametrised by θ: x·Φ(λx) with λ = 1 + softplus(θ/τ), differentiable in x and θ.
 
     The same function as `kgelu(x, lambda_from_theta(theta, tau))`. On CUDA in eager mode the
-    kernels compute λ and dθ themselves (one launch each way, as for GELU); elsewhere, and under
+    kernels compute λ and dθ themselves (no softplus ops or autograd nodes around them); elsewhere, and under
     torch.compile, it is exactly that composition."""
     if uses_kernel(x, theta) and theta.dtype == torch.float32 and _eager(x, theta):
         _check_lambda(x, theta)
