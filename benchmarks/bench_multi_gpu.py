@@ -141,7 +141,6 @@ def _sync_callback(trainer):
 
 
 def _theta_info(trainer):
-    from hf_kgelu.distributed import full_theta
     from hf_kgelu.peft_utils import trained_sites
 
     sites = trained_sites(trainer.model)
@@ -153,7 +152,7 @@ def _theta_info(trainer):
         "theta_type": type(theta).__name__,
         "theta_dtype": str(theta.dtype),
         "theta_local_numel": theta.to_local().numel() if hasattr(theta, "to_local") else theta.numel(),
-        "theta_full": [full_theta(site).double().mean().item() for _, site in sites][:2],
+        "theta_full": [site.full_theta().detach().double().mean().item() for _, site in sites][:2],
         "lambda_mean_final": sum(lam) / len(lam),
     }
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .modules import KGELU, find_sites
+from .modules import KGELU, find_sites, is_sharded
 from .peft_utils import trained_sites
 
 logger = logging.getLogger(__name__)
@@ -43,16 +43,6 @@ def world_size() -> int:
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return 1
     return torch.distributed.get_world_size()
-
-
-def _sharded(tensor: torch.Tensor) -> bool:
-    return hasattr(tensor, "full_tensor") and hasattr(tensor, "device_mesh")
-
-
-def full_theta(site: KGELU) -> torch.Tensor:
-    """θ of a site as a plain tensor (gathered when FSDP2 shards it: a collective)."""
-    theta = site.theta.detach()
-    return theta.full_tensor() if _sharded(theta) else theta
 
 
 def _fsdp2_plugin():
@@ -130,7 +120,7 @@ def shard_kgelu_sites(model: nn.Module, mesh=None, offload_policy=None) -> int:
     number of sites sharded (already sharded sites are left alone)."""
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-    sites = [site for _, site in find_sites(model) if not isinstance(site, FSDPModule) and not _sharded(site.theta)]
+    sites = [site for _, site in find_sites(model) if not isinstance(site, FSDPModule) and not is_sharded(site.theta)]
     if not sites:
         return 0
     policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
@@ -152,7 +142,7 @@ def theta_sync_vector(model: nn.Module, step: int, switch_step: int | None = Non
     """[step, switch step (-1: none yet), frozen flag per site…, θ of every site…] as float64:
     what every rank must agree on."""
     sites = _sync_sites(model)
-    thetas = [full_theta(site).reshape(-1).to(torch.float64) for _, site in sites]
+    thetas = [site.full_theta().detach().reshape(-1).to(torch.float64) for _, site in sites]
     device = thetas[0].device if thetas else torch.device("cpu")
     head = [float(step), -1.0 if switch_step is None else float(switch_step)]
     head += [0.0 if site.theta.requires_grad else 1.0 for _, site in sites]

@@ -13,7 +13,7 @@ DEFAULT_TAU = 0.1
 DEFAULT_LAMBDA_INIT = 1.05
 
 
-def _is_sharded(tensor: torch.Tensor) -> bool:
+def is_sharded(tensor: torch.Tensor) -> bool:
     """Whether `tensor` is a DTensor (θ sharded by FSDP2 between steps)."""
     return hasattr(tensor, "full_tensor") and hasattr(tensor, "device_mesh")
 
@@ -58,16 +58,14 @@ class KGELU(nn.Module):
 
         Under FSDP2 θ is a sharded DTensor between steps: it is gathered here (a collective, so
         every rank must read λ at the same point, as the Trainer's callbacks do)."""
-        theta = self.theta
-        if _is_sharded(theta):
-            theta = theta.full_tensor()
-        return lambda_from_theta(theta, self.tau)
+        return lambda_from_theta(self.full_theta(), self.tau)
+
+    def full_theta(self) -> torch.Tensor:
+        """θ as a plain tensor, differentiable: gathered when FSDP2 shards it (a collective)."""
+        return self.theta.full_tensor() if is_sharded(self.theta) else self.theta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        theta = self.theta
-        if _is_sharded(theta):
-            theta = theta.full_tensor()
-        return kgelu_theta(x, theta, self.tau)
+        return kgelu_theta(x, self.full_theta(), self.tau)
 
     @torch.no_grad()
     def set_lambda(self, value: float | torch.Tensor) -> None:
@@ -85,7 +83,7 @@ class KGELU(nn.Module):
             self.theta.fill_(theta.reshape(-1)[0].item())  # float32 → double → float32: exact
             return
         theta = theta.to(device=self.theta.device, dtype=torch.float32).expand(self.theta.shape)
-        if _is_sharded(self.theta):  # FSDP2: every rank computes the full θ and writes its own shard
+        if is_sharded(self.theta):  # FSDP2: every rank computes the full θ and writes its own shard
             from torch.distributed.tensor import distribute_tensor
 
             theta = distribute_tensor(theta.contiguous(), self.theta.device_mesh, self.theta.placements, src_data_rank=None)

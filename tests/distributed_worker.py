@@ -33,7 +33,6 @@ from transformers import GPT2LMHeadModel, TrainerCallback  # noqa: E402
 from hf_kgelu.distributed import (  # noqa: E402
     ThetaSyncError,
     check_theta_sync,
-    full_theta,
     gather_full_model,
 )
 from hf_kgelu.peft_utils import trained_sites  # noqa: E402
@@ -189,7 +188,7 @@ def fsdp2_theta(out: Path, rank: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
     lam_after_freeze = [site.lam.detach().double().tolist() for site in sites]
     grads = [site.theta.grad is None for site in sites]
-    thetas = [full_theta(site).tolist() for site in sites]
+    thetas = [site.full_theta().detach().tolist() for site in sites]
     reference_fc = model.transformer.h[0].mlp.c_fc.weight.full_tensor()  # a collective, like the gather below
     plain = gather_full_model(model)
     gathered = None
