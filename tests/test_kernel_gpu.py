@@ -443,6 +443,14 @@ def test_cuda_graph_capture_and_replay(per_channel):
 THETAS = [-3.0, -0.2, 0.0, 0.4, 2.5, 50.0]  # at τ = 0.1: softplus from e⁻³⁰ to its linear branch
 
 
+def _ref_theta_grads(g, x, theta, tau):
+    """(dθ, Σ|dθ terms|) in float64: `_ref_grads` through the chain rule dλ/dθ = σ(θ/τ)/τ."""
+    theta64 = theta.detach().double()
+    _, dlam, scale = _ref_grads(g, x.detach(), lambda_from_theta(theta64, tau))
+    chain = torch.sigmoid(theta64 / tau) / tau
+    return dlam * chain, scale * chain
+
+
 def _theta(values, channels=None):
     if channels is None:
         return torch.tensor([float(values)], device="cuda")
@@ -472,11 +480,8 @@ def test_theta_path_matches_the_composition(theta_value, per_channel, tau):
     torch.testing.assert_close(x.grad, xc.grad, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(theta.grad, tc.grad, rtol=1e-5, atol=1e-30)
     # and against float64 through the chain rule
-    lam64 = lambda_from_theta(theta.detach().double(), tau)
-    _, dlam, scale = _ref_grads(g, x.detach(), lam64)
-    dtheta = dlam * torch.sigmoid(theta.detach().double() / tau) / tau
-    bound = 1e-5 * scale * torch.sigmoid(theta.detach().double() / tau) / tau + 1e-30
-    assert ((theta.grad.double() - dtheta).abs() <= bound).all()
+    dtheta, scale = _ref_theta_grads(g, x, theta, tau)
+    assert ((theta.grad.double() - dtheta).abs() <= 1e-5 * scale + 1e-30).all()
 
 
 @gpu
@@ -512,9 +517,7 @@ def test_theta_gradient_of_launches_of_every_grid_size():
             g = torch.rand_like(x) + 0.5
             theta = _theta(0.5, channels if per_channel else None)
             _, dtheta = kernels.kgelu_backward(g, x, theta, False, True, tau=0.1)
-            lam64 = lambda_from_theta(theta.double(), 0.1)
-            _, dlam, _ = _ref_grads(g, x, lam64)
-            ref = dlam * torch.sigmoid(theta.double() / 0.1) / 0.1
+            ref, _ = _ref_theta_grads(g, x, theta, 0.1)
             assert ((dtheta.double() - ref).abs() <= 1e-4 * ref.abs() + 1e-20).all(), (rows, channels, per_channel)
 
 
