@@ -25,6 +25,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from bench_host import host_overhead  # the script's own folder is on sys.path
+
 WIDTH = 3072
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -173,45 +175,6 @@ def graph_time(fn, make, lam, dtype, copies: int = 4, replays: int = 20) -> dict
     return result
 
 
-def host_overhead(calls: int = 300) -> list[dict]:
-    """Host time per forward+backward call on a tiny tensor (the device idles): what a model
-    with many activation sites pays per site when the host, not the GPU, is the bottleneck."""
-    import time
-
-    from hf_kgelu import functional
-    from hf_kgelu.functional import KGeluKernelFunction, kgelu, kgelu_theta
-
-    x = torch.randn(64, 64, device="cuda", requires_grad=True)
-    g = torch.randn(64, 64, device="cuda")
-    lam = torch.tensor([1.7], device="cuda", requires_grad=True)
-    theta = torch.tensor([0.3], device="cuda", requires_grad=True)
-
-    def reference_path(t, lam):
-        return functional.KGeluFunction.apply(t, lam)
-
-    cases = {
-        "gelu": lambda: F.gelu(x),
-        "λ-GELU (ours), eager autograd.Function": lambda: KGeluKernelFunction.apply(x, lam),
-        "λ-GELU (ours), through kgelu()": lambda: kgelu(x, lam),
-        "λ-GELU (ours), through the custom op": lambda: torch.ops.hf_kgelu.kgelu(x, lam),
-        "λ-GELU (ours) with λ = 1 + softplus(θ/τ) in torch": lambda: kgelu(x, 1.0 + F.softplus(theta / 0.1)),
-        "λ-GELU (ours), KGELU path (θ in the kernel)": lambda: kgelu_theta(x, theta, 0.1),
-        "torch path (HF_KGELU_FORCE_REFERENCE)": lambda: reference_path(x, lam),
-        "naive λ-GELU": lambda: naive_kgelu(x, lam),
-    }
-    rows = []
-    for name, fn in cases.items():
-        for _ in range(20):
-            fn().backward(g)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn().backward(g)
-        torch.cuda.synchronize()
-        rows.append(dict(case=name, host_us_per_fwd_bwd=(time.perf_counter() - t0) / calls * 1e6))
-    return rows
-
-
 def sweep(rows: int, dtypes: list[str]) -> list[dict]:
     """Device time (CUDA-graph replays) of a KGELU site's forward and forward+backward (θ in the
     kernel; per site and per channel) with one CONFIG entry of the kernels changed at a time,
@@ -344,9 +307,9 @@ def main(argv=None) -> int:
               f"{r['fwd_bwd_ms'] * 1e3:8.1f} {r['fwd_vs_gelu']:8.3f} {r['fwd_bwd_vs_gelu']:8.3f} "
               f"{r['fwd_graph_ms'] * 1e3:9.1f} {r['fwd_bwd_graph_ms'] * 1e3:9.1f} {r['fwd_graph_vs_gelu']:10.3f} "
               f"{r['fwd_bwd_graph_vs_gelu']:10.3f} {r['saved_bytes_per_elem']:10.2f} {r['peak_extra_bytes_per_elem']:9.2f}")
-    print("host time per forward+backward call, 64×64 fp32 (device idle):")
+    print("host time per forward+backward call, 64×64 fp32 (device idle; benchmarks/bench_host.py has the parts):")
     for r in overhead:
-        print(f"  {r['case']:45} {r['host_us_per_fwd_bwd']:7.1f} µs")
+        print(f"  {r['case']:45} {r['host_us']:7.1f} µs")
     print(f"CSV: {args.csv}")
     return 0
 

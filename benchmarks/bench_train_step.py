@@ -4,7 +4,9 @@ Models are built from configs (no pretrained weights needed): GPT-2 small (12 la
 wide, batch 8 × 1024 tokens) and DeiT-small (12 layers, 384 wide, 224² images, batch 64), bf16
 autocast, fused AdamW. "gelu" is the exact (erf) GELU; "kgelu" is this package's activation
 (the Triton kernel on CUDA); "kgelu-torch" is the same with HF_KGELU_FORCE_REFERENCE (the torch
-path); "naive" is a plain module computing x·½·(1 + erf(λx/√2)) with λ = 1 + softplus(θ/τ).
+path); "naive" is a plain module computing x·½·(1 + erf(λx/√2)) with λ = 1 + softplus(θ/τ);
+"kgelu-triton-launch" (not run by default) is "kgelu" launching through Triton's `kernel[grid]`
+each time instead of directly (hf_kgelu.kernels.kgelu.DIRECT_LAUNCH = False).
 
     python benchmarks/bench_train_step.py --model gpt2
     python benchmarks/bench_train_step.py --model deit --csv outputs/bench/train_step_deit.csv
@@ -31,7 +33,8 @@ import time
 import torch
 from torch import nn
 
-VARIANTS = ("gelu", "kgelu", "kgelu-torch", "naive")
+VARIANTS = ("gelu", "kgelu", "kgelu-torch", "naive", "kgelu-triton-launch")
+DEFAULT_VARIANTS = VARIANTS[:4]
 
 
 class NaiveKGELU(nn.Module):
@@ -91,6 +94,10 @@ def build_step(args, variant: str):
     training step of it (setting the kernel/torch-path flag the variant needs)."""
     from hf_kgelu import functional
 
+    try:
+        from hf_kgelu.kernels import kgelu as kernel_module
+    except ImportError:  # no triton (CPU)
+        kernel_module = None
     torch.manual_seed(0)
     cuda = args.device.startswith("cuda")
     net = build_model(args.model, variant, args.tiny).to(args.device)
@@ -101,44 +108,94 @@ def build_step(args, variant: str):
 
     def step():
         functional.FORCE_REFERENCE = variant == "kgelu-torch"
+        if kernel_module is not None:
+            kernel_module.DIRECT_LAUNCH = variant != "kgelu-triton-launch"
         with autocast:
             loss = net(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         functional.FORCE_REFERENCE = False
+        if kernel_module is not None:
+            kernel_module.DIRECT_LAUNCH = True
 
     return step
 
 
-def time_step(step, cuda: bool) -> tuple[float, int]:
-    """(ms, peak bytes above the resting allocation) of one step, synchronised at its end as a
-    Trainer step is (it reads the loss), so host time shows wherever it exceeds the device's."""
+def time_step(step, cuda: bool) -> tuple[float, float, int]:
+    """(ms, host ms, peak bytes above the resting allocation) of one step, synchronised at its
+    end as a Trainer step is (it reads the loss), so host time shows wherever it exceeds the
+    device's. Host ms: until the host has issued the whole step (≈ ms when the host is the
+    bottleneck)."""
     if not cuda:
         t0 = time.perf_counter()
         step()
-        return (time.perf_counter() - t0) * 1e3, 0
+        ms = (time.perf_counter() - t0) * 1e3
+        return ms, ms, 0
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     resting = torch.cuda.memory_allocated()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
+    t0 = time.perf_counter()
     step()
+    host_ms = (time.perf_counter() - t0) * 1e3
     end.record()
     end.synchronize()
-    return start.elapsed_time(end), torch.cuda.max_memory_allocated() - resting
+    return start.elapsed_time(end), host_ms, torch.cuda.max_memory_allocated() - resting
+
+
+def device_time(step, steps: int = 5) -> tuple[float, float]:
+    """(ms of kernels per step, ms of which in the activation's kernels: names with "gelu", i.e.
+    torch's GELU and ours) from torch.profiler's CUDA activity. Step time minus kernel time is
+    time the device waited for the host."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    total = activation = 0.0
+    for event in prof.key_averages():
+        us = getattr(event, "self_device_time_total", None)
+        us = event.self_cuda_time_total if us is None else us
+        total += us
+        if "gelu" in event.key.lower():
+            activation += us
+    return total / steps / 1e3, activation / steps / 1e3
+
+
+def host_profile(step, steps: int = 5, top: int = 30) -> str:
+    """cProfile of a few steps (the host's share, by own time): where a variant's extra host time goes."""
+    import cProfile
+    import io
+    import pstats
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    sync()
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2", choices=["gpt2", "deit"])
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--batch", type=int, default=None, help="default: 8 (gpt2), 64 (deit)")
     parser.add_argument("--seq", type=int, default=1024, help="tokens per sequence (gpt2)")
     parser.add_argument("--steps", type=int, default=60, help="timed rounds (one step of every variant each)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="2-layer, 32-wide models (smoke test)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--host-profile", action="store_true", help="print a cProfile of 5 steps of each variant")
     parser.add_argument("--csv", default=None, help="default: outputs/bench/train_step_<model>.csv")
     args = parser.parse_args(argv)
     if args.batch is None:
@@ -168,13 +225,16 @@ def main(argv=None) -> int:
         for _ in range(args.warmup):
             steps[v]()
     times = {v: [] for v in names}
+    host_times = {v: [] for v in names}
     peaks = {v: 0 for v in names}
     for round_ in range(args.steps):
         order = names[round_ % len(names):] + names[: round_ % len(names)]
         for v in order:
-            ms, peak = time_step(steps[v], cuda)
+            ms, host_ms, peak = time_step(steps[v], cuda)
             times[v].append(ms)
+            host_times[v].append(host_ms)
             peaks[v] = max(peaks[v], peak)
+    kernel_ms = {v: device_time(steps[v]) if cuda else (math.nan, math.nan) for v in names}
     base = names[0]
     records = []
     for v in names:
@@ -182,7 +242,9 @@ def main(argv=None) -> int:
         quart = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
         records.append(dict(
             model=args.model, tiny=args.tiny, device=device_name, batch=args.batch, variant=v,
-            step_ms_median=statistics.median(times[v]), ratio_median=statistics.median(ratios),
+            step_ms_median=statistics.median(times[v]), host_ms_median=statistics.median(host_times[v]),
+            kernel_ms=kernel_ms[v][0], activation_kernel_ms=kernel_ms[v][1],
+            ratio_median=statistics.median(ratios),
             ratio_q1=quart[0], ratio_q3=quart[2], step_peak_gib=peaks[v] / 2**30,
             peak_vs_first=peaks[v] / (peaks[base] or 1),
         ))
@@ -192,11 +254,18 @@ def main(argv=None) -> int:
         writer.writerows(records)
     print(header)
     print(f"{args.steps} interleaved rounds; ratio = this variant's step / {base}'s step of the same round; "
-          "step peak = peak memory of a step above the resting allocation (weights, optimizer state)")
-    print(f"{'variant':12} {'step ms':>9} {f'ratio vs {base}':>15} {'ratio IQR':>15} {'step peak GiB':>14} {f'peak vs {base}':>13}")
+          "host ms = time to issue the step; kernels = device time in kernels per step (torch.profiler), "
+          "act. = of which in the activation's kernels; step peak = peak memory of a step above the resting allocation "
+          "(weights, optimizer state)")
+    print(f"{'variant':19} {'step ms':>9} {'host ms':>8} {'kernels':>8} {'act.':>6} {f'ratio vs {base}':>15} {'ratio IQR':>15} {'step peak GiB':>14} {f'peak vs {base}':>13}")
     for r in records:
-        print(f"{r['variant']:12} {r['step_ms_median']:9.2f} {r['ratio_median']:15.3f} "
+        print(f"{r['variant']:19} {r['step_ms_median']:9.2f} {r['host_ms_median']:8.2f} {r['kernel_ms']:8.2f} {r['activation_kernel_ms']:6.2f} "
+              f"{r['ratio_median']:15.3f} "
               f"{r['ratio_q1']:7.3f}–{r['ratio_q3']:.3f} {r['step_peak_gib']:14.2f} {r['peak_vs_first']:13.3f}")
+    if args.host_profile:
+        for v in names:
+            print(f"----- cProfile of 5 {v} steps")
+            print(host_profile(steps[v]))
     print(f"CSV: {csv_path}")
     return 0
 

@@ -168,17 +168,19 @@ if _kernels is not None:
 
 
 class KGeluKernelFunction(torch.autograd.Function):
-    """Eager autograd around the Triton kernels (same contract: saves only x and λ)."""
+    """Eager autograd around the Triton kernels (same contract: saves only x and λ). Its callers
+    validate the arguments, so the launchers skip their checks."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, lam)
-        return _kernels.kgelu_forward(x, lam)
+        return _kernels.kgelu_forward(x, lam, validate=False)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, lam = ctx.saved_tensors
-        return _kernels.kgelu_backward(grad_out, x, lam, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        need_x, need_lam = ctx.needs_input_grad
+        return _kernels.kgelu_backward(grad_out, x, lam, need_x, need_lam, validate=False)
 
 
 class KGeluThetaKernelFunction(torch.autograd.Function):
@@ -190,14 +192,13 @@ class KGeluThetaKernelFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tensor:
         ctx.save_for_backward(x, theta)
         ctx.tau = tau
-        return _kernels.kgelu_forward(x, theta, tau)
+        return _kernels.kgelu_forward(x, theta, tau, validate=False)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, theta = ctx.saved_tensors
-        grad_x, grad_theta = _kernels.kgelu_backward(
-            grad_out, x, theta, ctx.needs_input_grad[0], ctx.needs_input_grad[1], tau=ctx.tau
-        )
+        need_x, need_theta, _ = ctx.needs_input_grad
+        grad_x, grad_theta = _kernels.kgelu_backward(grad_out, x, theta, need_x, need_theta, tau=ctx.tau, validate=False)
         return grad_x, grad_theta, None
 
 
@@ -207,8 +208,8 @@ def uses_kernel(x: torch.Tensor, lam: torch.Tensor) -> bool:
         _kernels is not None
         and not FORCE_REFERENCE
         and x.is_cuda
-        and lam.device == x.device
         and x.dtype in _KERNEL_DTYPES
+        and x.get_device() == lam.get_device()  # ints: cheaper than comparing torch.device objects
     )
 
 
@@ -255,7 +256,7 @@ def kgelu_theta(x: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tenso
     The same function as `kgelu(x, lambda_from_theta(theta, tau))`. On CUDA in eager mode the
     kernels compute λ and dθ themselves (no softplus ops or autograd nodes around them); elsewhere, and under
     torch.compile, it is exactly that composition."""
-    if uses_kernel(x, theta) and theta.dtype == torch.float32 and _eager(x, theta):
+    if theta.dtype == torch.float32 and theta.dim() == 1 and uses_kernel(x, theta) and _eager(x, theta):
         _check_lambda(x, theta)
         return KGeluThetaKernelFunction.apply(x, theta, tau)
     return kgelu(x, lambda_from_theta(theta, tau))

@@ -62,7 +62,9 @@ class KGELU(nn.Module):
 
     def full_theta(self) -> torch.Tensor:
         """θ as a plain tensor, differentiable: gathered when FSDP2 shards it (a collective)."""
-        return self.theta.full_tensor() if is_sharded(self.theta) else self.theta
+        theta = self.theta
+        # type check first: a plain Parameter is never sharded, and hasattr's miss costs per call
+        return theta.full_tensor() if type(theta) is not nn.Parameter and is_sharded(theta) else theta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kgelu_theta(x, self.full_theta(), self.tau)

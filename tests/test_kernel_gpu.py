@@ -552,6 +552,39 @@ def test_kgelu_module_under_cuda_graph_capture():
         assert torch.equal(x.grad, xe.grad) and torch.equal(act.theta.grad, te.grad)
 
 
+@gpu
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_direct_launches_respect_tritons_specialisation(per_channel, monkeypatch):
+    """A kernel compiled for 16-byte-aligned pointers and sizes divisible by 16 must not be
+    launched on a misaligned view or an odd size: the direct-launch cache keys on both. Every
+    call is compared bitwise with Triton's own launch path."""
+    from hf_kgelu.kernels import kgelu as kernel_module
+
+    monkeypatch.setattr(kernel_module, "_compiled", {})
+    storage = torch.randn(64 * 48 + 1, device="cuda")
+    cases = [
+        storage[: 64 * 48].view(64, 48),  # aligned, 16 | n
+        storage[1:].view(64, 48),  # 4-byte offset: misaligned
+        storage[1 : 1 + 63 * 48].view(63, 48),  # misaligned, odd rows
+        storage[: 7 * 48].view(7, 48),
+        storage[: 64 * 48].view(64, 48),  # the first again: a cache hit
+    ]
+    for x in cases:
+        theta = _theta(0.4, 48 if per_channel else None)
+        g = torch.randn_like(x)
+        direct_y = kernel_module.kgelu_forward(x, theta, 0.1)
+        direct_dx, direct_dtheta = kernel_module.kgelu_backward(g, x, theta, True, True, tau=0.1)
+        monkeypatch.setattr(kernel_module, "DIRECT_LAUNCH", False)
+        triton_y = kernel_module.kgelu_forward(x, theta, 0.1)
+        triton_dx, triton_dtheta = kernel_module.kgelu_backward(g, x, theta, True, True, tau=0.1)
+        monkeypatch.setattr(kernel_module, "DIRECT_LAUNCH", True)
+        assert torch.equal(direct_y, triton_y) and torch.equal(direct_dx, triton_dx)
+        assert torch.equal(direct_dtheta, triton_dtheta)
+        assert _rel(direct_y, _ref_forward(x, lambda_from_theta(theta, 0.1))) <= 1e-5
+    # forward, backward and finish kernels, each for the distinct specialisations above
+    assert 3 <= len(kernel_module._compiled) < 3 * len(cases)
+
+
 # ---------------------------------------------------------------- dispatch
 
 

@@ -35,7 +35,6 @@ launches the kernels directly (the eager path: the least host time per call).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -258,17 +257,19 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _multiprocessors(device: torch.device) -> int:
-    if device.type != "cuda":
+def _multiprocessors(device_index: int) -> int:
+    if device_index < 0:
         return 4  # Triton's interpreter on CPU (tests only)
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return _sm_count(device_index)
 
 
-def _on_device(device: torch.device):
-    # Triton launches on the current CUDA device: switch only when x lives on another one.
-    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
-        return torch.cuda.device(device)
-    return contextlib.nullcontext()
+def _cdiv(n, d):
+    # triton.cdiv is a constexpr_function: from the host it costs microseconds per call
+    return (n + d - 1) // d
+
+
+def _next_power_of_2(n) -> int:
+    return 1 << (int(n) - 1).bit_length() if n > 1 else 1
 
 
 @functools.lru_cache(maxsize=64)
@@ -282,12 +283,80 @@ def _inv_tau(tau: float | None) -> float:
 
 def _column_tile(n_cols: int, block: int) -> tuple[int, int]:
     # int(): under torch.compile with dynamic shapes this specialises on the channel count
-    block_c = min(triton.next_power_of_2(int(n_cols)), CONFIG["max_block_c"])
+    block_c = min(_next_power_of_2(n_cols), CONFIG["max_block_c"])
     return max(1, block // block_c), block_c
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
+
+
+# Direct launches. Triton's `kernel[grid](...)` binds and specialises every argument and looks
+# the compiled kernel up on each call; that host time is a multiple of the C launch itself, and a
+# model pays it three times per site and step. So a kernel's first call for a key goes through
+# Triton (which compiles it), and later calls with the same key launch the compiled kernel
+# directly. The key is finer than Triton's specialisation: the kernel, device, warps and
+# constexprs, every integer argument's value, and each tensor's dtype and 16-byte alignment
+# (float arguments are not specialised by Triton). Set DIRECT_LAUNCH = False to go through Triton
+# every time (debugging, comparisons); Triton's launch hooks (profilers) also take that path.
+DIRECT_LAUNCH = True
+_compiled: dict[tuple, tuple] = {}
+_MAX_COMPILED_KEYS = 4096  # integer values are in the key: bound the memory of many shapes
+_KNOBS = getattr(triton, "knobs", None)  # Triton ≥ 3.4: hooks live here, the launcher convention below
+
+
+def _hooks_set() -> bool:
+    enter, exit_ = _KNOBS.runtime.launch_enter_hook, _KNOBS.runtime.launch_exit_hook
+    return bool(getattr(enter, "calls", enter)) or bool(getattr(exit_, "calls", exit_))
+
+
+def _launcher(compiled) -> tuple:
+    """(function, leading arguments) that launch `compiled` with (gridX, gridY, gridZ, stream,
+    *leading, *kernel arguments): the C launcher itself when the kernel needs no scratch memory,
+    else the compiled kernel's own Python wrapper."""
+    run = compiled.run
+    launch = getattr(run, "launch", None)
+    plain = (
+        launch is not None
+        and not getattr(run, "global_scratch_size", 1)
+        and not getattr(run, "profile_scratch_size", 1)
+        and hasattr(run, "launch_cooperative_grid")
+        and hasattr(run, "launch_pdl")
+    )
+    if plain:
+        meta = (compiled.packed_metadata, None, None, None)
+        return launch, (compiled.function, run.launch_cooperative_grid, run.launch_pdl, None, None, *meta)
+    return run, (compiled.function, compiled.packed_metadata, None, None, None)
+
+
+def _launch(kernel, grid: tuple, args: tuple, constexprs: tuple, num_warps: int, device: int, traceable: bool) -> None:
+    """`kernel[grid](*args, *constexprs, num_warps=num_warps)`, directly once compiled.
+
+    `args` are the runtime arguments in the kernel's order, `constexprs` the values after them;
+    `device` is the tensors' CUDA device index (`Tensor.get_device()`: −1 on the CPU interpreter)."""
+    if device >= 0 and device != torch._C._cuda_getDevice():
+        with torch.cuda.device(device):  # Triton launches on the current device
+            return _launch(kernel, grid, args, constexprs, num_warps, device, traceable)
+    if traceable or not DIRECT_LAUNCH or _KNOBS is None or device < 0 or _hooks_set():
+        names = kernel.arg_names[len(args) :]
+        launcher = wrap_triton(kernel) if traceable else kernel
+        launcher[grid](*args, **dict(zip(names, constexprs)), num_warps=num_warps)
+        return
+    # __name__: hashing a JITFunction is slow; floats (1/τ) are not specialised, so not in the key
+    key = (kernel.__name__, device, num_warps, constexprs, *[
+        (arg.dtype, arg.data_ptr() % 16 == 0) if isinstance(arg, torch.Tensor) else arg
+        for arg in args if not isinstance(arg, float)
+    ])
+    entry = _compiled.get(key)
+    if entry is None:
+        names = kernel.arg_names[len(args) :]
+        compiled = kernel[grid](*args, **dict(zip(names, constexprs)), num_warps=num_warps)
+        if len(_compiled) >= _MAX_COMPILED_KEYS:
+            _compiled.clear()
+        _compiled[key] = _launcher(compiled.result() if hasattr(compiled, "result") else compiled)
+        return
+    launch, leading = entry
+    launch(grid[0], grid[1], 1, torch._C._cuda_getCurrentRawStream(device), *leading, *args, *constexprs)
 
 
 def _check(x: torch.Tensor, param: torch.Tensor) -> None:
@@ -299,11 +368,14 @@ def _check(x: torch.Tensor, param: torch.Tensor) -> None:
         raise ValueError(f"the λ-GELU kernel takes float32/bfloat16/float16 inputs, got {x.dtype}")
 
 
-def kgelu_forward(x: torch.Tensor, param: torch.Tensor, tau: float | None = None, traceable: bool = False) -> torch.Tensor:
+def kgelu_forward(
+    x: torch.Tensor, param: torch.Tensor, tau: float | None = None, traceable: bool = False, validate: bool = True
+) -> torch.Tensor:
     """y = x·Φ(λx) for any shape; y is contiguous, with x's dtype. `param` is λ, or θ when a
-    temperature `tau` is given (λ = 1 + softplus(θ/τ) is then computed in the kernel)."""
-    kernel = wrap_triton(_kgelu_fwd_kernel) if traceable else _kgelu_fwd_kernel
-    _check(x, param)
+    temperature `tau` is given (λ = 1 + softplus(θ/τ) is then computed in the kernel).
+    `validate=False` skips the argument checks, for callers that made them already."""
+    if validate:
+        _check(x, param)
     x = _dense(x)
     param = _dense(param)
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -311,24 +383,25 @@ def kgelu_forward(x: torch.Tensor, param: torch.Tensor, tau: float | None = None
     if n == 0:
         return y
     block = CONFIG["fwd_block"]
-    flags = dict(THETA=tau is not None, INT64=n > _INT32_SAFE_ELEMENTS, CDF=_CDF_CODES[CONFIG["cdf"]], num_warps=CONFIG["fwd_warps"])
-    with _on_device(x.device):
-        if param.numel() == 1:
-            kernel[(triton.cdiv(n, block),)](
-                x, param, _inv_tau(tau), y, 1, n, PER_CHANNEL=False, BLOCK_R=1, BLOCK_C=block, **flags
-            )
-        else:
-            n_cols = param.numel()
-            n_rows = n // n_cols
-            block_r, block_c = _column_tile(n_cols, block)
-            grid = (triton.cdiv(n_rows, block_r), triton.cdiv(n_cols, block_c))
-            kernel[grid](
-                x, param, _inv_tau(tau), y, n_rows, n_cols, PER_CHANNEL=True, BLOCK_R=block_r, BLOCK_C=block_c, **flags
-            )
+    per_channel = param.numel() > 1
+    if per_channel:
+        n_cols = param.numel()
+        n_rows = n // n_cols
+        block_r, block_c = _column_tile(n_cols, block)
+        grid = (_cdiv(n_rows, block_r), _cdiv(n_cols, block_c))
+    else:
+        n_rows, n_cols, block_r, block_c = 1, n, 1, block
+        grid = (_cdiv(n, block), 1)
+    # PER_CHANNEL, THETA, BLOCK_R, BLOCK_C, INT64, CDF
+    constexprs = (per_channel, tau is not None, block_r, block_c, n > _INT32_SAFE_ELEMENTS, _CDF_CODES[CONFIG["cdf"]])
+    _launch(
+        _kgelu_fwd_kernel, grid, (x, param, _inv_tau(tau), y, n_rows, n_cols), constexprs,
+        CONFIG["fwd_warps"], x.get_device(), traceable,
+    )
     return y
 
 
-def _row_programs(tiles: int, column_blocks: int, device: torch.device) -> int:
+def _row_programs(tiles: int, column_blocks: int, device: int) -> int:
     """Per-channel row-programs: about CONFIG["channel_programs_per_sm"] per SM in all."""
     wanted = (_multiprocessors(device) * CONFIG["channel_programs_per_sm"]) // column_blocks
     return max(1, min(tiles, wanted))
@@ -342,14 +415,16 @@ def kgelu_backward(
     need_param: bool = True,
     tau: float | None = None,
     traceable: bool = False,
+    validate: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(dx, dλ) — or (dx, dθ) when `tau` is given — from the output gradient, x and the
     parameter; either is None when not needed. dx has x's dtype and shape (contiguous); the
-    parameter's gradient is float32 with its shape."""
-    kernel = wrap_triton(_kgelu_bwd_kernel) if traceable else _kgelu_bwd_kernel
-    _check(x, param)
-    if grad_out.shape != x.shape:
-        raise ValueError(f"grad_out has shape {tuple(grad_out.shape)} but x has {tuple(x.shape)}")
+    parameter's gradient is float32 with its shape. `validate=False` skips the argument checks
+    (autograd already guarantees grad_out's shape)."""
+    if validate:
+        _check(x, param)
+        if grad_out.shape != x.shape:
+            raise ValueError(f"grad_out has shape {tuple(grad_out.shape)} but x has {tuple(x.shape)}")
     if not need_x and not need_param:
         return None, None
     x = _dense(x)
@@ -359,38 +434,37 @@ def kgelu_backward(
     dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None
     if n == 0:
         return dx, (torch.zeros_like(param) if need_param else None)
-    theta = tau is not None
     inv_tau = _inv_tau(tau)
+    device = x.get_device()
     per_channel = param.numel() > 1
     if per_channel:
         n_cols = param.numel()
         n_rows = n // n_cols
         block_r, block_c = _column_tile(n_cols, CONFIG["bwd_block"])
-        column_blocks = triton.cdiv(n_cols, block_c)
-        tiles = triton.cdiv(n_rows, block_r)
-        programs = _row_programs(tiles, column_blocks, x.device)
+        column_blocks = _cdiv(n_cols, block_c)
+        tiles = _cdiv(n_rows, block_r)
+        programs = _row_programs(tiles, column_blocks, device)
         warps = CONFIG["channel_bwd_warps"]
     else:
         n_rows, n_cols, block_r, block_c, column_blocks = 1, n, 1, CONFIG["bwd_block"], 1
-        tiles = programs = triton.cdiv(n, block_c)
+        tiles = programs = _cdiv(n, block_c)
         warps = CONFIG["bwd_warps"]
     partial_cols = n_cols if per_channel else 1
     partials = torch.empty(programs * partial_cols if need_param else 1, device=x.device, dtype=torch.float32)
-    with _on_device(x.device):
-        kernel[(programs, column_blocks)](
-            grad_out, x, param, inv_tau, dx if need_x else x, partials, n_rows, n_cols, tiles,
-            PER_CHANNEL=per_channel, THETA=theta, COMPUTE_DX=need_x, COMPUTE_DLAM=need_param,
-            BLOCK_R=block_r, BLOCK_C=block_c, INT64=n > _INT32_SAFE_ELEMENTS, CDF=_CDF_CODES[CONFIG["cdf"]],
-            num_warps=warps,
-        )
-        if not need_param:
-            return dx, None
-        finish = wrap_triton(_kgelu_finish_kernel) if traceable else _kgelu_finish_kernel
-        sum_cols = block_c if per_channel else 1
-        sum_rows = max(1, min(CONFIG["sum_block"] // sum_cols, triton.next_power_of_2(programs)))
-        dparam = torch.empty_like(param)
-        finish[(column_blocks,)](
-            partials, param, inv_tau, dparam, programs, partial_cols,
-            THETA=theta, SUM_ROWS=sum_rows, SUM_COLS=sum_cols, num_warps=CONFIG["sum_warps"],
-        )
+    # PER_CHANNEL, THETA, COMPUTE_DX, COMPUTE_DLAM, BLOCK_R, BLOCK_C, INT64, CDF
+    constexprs = (per_channel, tau is not None, need_x, need_param, block_r, block_c, n > _INT32_SAFE_ELEMENTS, _CDF_CODES[CONFIG["cdf"]])
+    _launch(
+        _kgelu_bwd_kernel, (programs, column_blocks),
+        (grad_out, x, param, inv_tau, dx if need_x else x, partials, n_rows, n_cols, tiles),
+        constexprs, warps, device, traceable,
+    )
+    if not need_param:
+        return dx, None
+    sum_cols = block_c if per_channel else 1
+    sum_rows = max(1, min(CONFIG["sum_block"] // sum_cols, _next_power_of_2(programs)))
+    dparam = torch.empty_like(param)
+    _launch(
+        _kgelu_finish_kernel, (column_blocks, 1), (partials, param, inv_tau, dparam, programs, partial_cols),
+        (tau is not None, sum_rows, sum_cols), CONFIG["sum_warps"], device, traceable,
+    )
     return dx, dparam
