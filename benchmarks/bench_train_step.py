@@ -10,6 +10,7 @@ each time instead of directly (hf_kgelu.kernels.kgelu.DIRECT_LAUNCH = False).
 
     python benchmarks/bench_train_step.py --model gpt2
     python benchmarks/bench_train_step.py --model deit --csv outputs/bench/train_step_deit.csv
+    python benchmarks/bench_train_step.py --model gpt2 --compile --variants gelu,kgelu
     python benchmarks/bench_train_step.py --tiny --device cpu --steps 2   # smoke test
 
 All variants are built (same seed) and warmed up, then timed in interleaved rounds, one step of
@@ -103,6 +104,8 @@ def build_step(args, variant: str):
     net = build_model(args.model, variant, args.tiny).to(args.device)
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=cuda)
+    if args.compile:  # forward and backward compiled (the warm-up steps compile): little host time left
+        net = torch.compile(net)
     batch = make_batch(args.model, net, args.batch, args.seq, args.device)
     autocast = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16)
 
@@ -195,6 +198,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="2-layer, 32-wide models (smoke test)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (default: eager)")
     parser.add_argument("--host-profile", action="store_true", help="print a cProfile of 5 steps of each variant")
     parser.add_argument("--csv", default=None, help="default: outputs/bench/train_step_<model>.csv")
     args = parser.parse_args(argv)
@@ -214,7 +218,7 @@ def main(argv=None) -> int:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     import transformers
 
-    header = (f"# {args.model}{' (tiny)' if args.tiny else ''}, batch {args.batch}"
+    header = (f"# {args.model}{' (tiny)' if args.tiny else ''}{', torch.compile' if args.compile else ''}, batch {args.batch}"
               f"{f' × {args.seq} tokens' if args.model == 'gpt2' else ''}, bf16 autocast, fused AdamW; "
               f"{device_name}, torch {torch.__version__}, transformers {transformers.__version__}, {stamp}")
     print(header, flush=True)

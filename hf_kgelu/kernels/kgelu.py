@@ -29,8 +29,9 @@ Layouts: one λ (shape (1,)) treats x as a flat vector; per-channel λ (shape (C
 by the launcher (one copy, measured in `benchmarks/bench_kernel.py`).
 
 With `traceable=True` the launchers call the kernels through `torch.library.wrap_triton`, so
-they can be the body of a `torch.library.triton_op` that torch.compile traces into; the default
-launches the kernels directly (the eager path: the least host time per call).
+they can be the body of a `torch.library.triton_op` that torch.compile traces into. The default
+(the eager path) launches a kernel through Triton once per specialisation and then the compiled
+kernel directly (`_launch`): the least host time per call.
 """
 
 from __future__ import annotations
