@@ -247,6 +247,34 @@ def test_non_contiguous_inputs_and_gradients():
 
 
 @gpu
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dense_permuted_inputs_are_walked_in_place_and_keep_their_layout(per_channel):
+    """A transpose (per site) or a batch/time swap with the channels innermost (per channel) is
+    read in place: the output and dx keep x's strides, as torch's GELU does, and equal the
+    contiguous computation bitwise (dλ to rounding: its sum runs in storage order); a gradient
+    in another layout is moved into x's first."""
+    base = torch.randn(48, 96, 40, device="cuda")
+    x = base.transpose(0, 1) if per_channel else base.permute(2, 0, 1)
+    assert not x.is_contiguous()
+    channels = x.shape[-1]
+    lam = (_lam(3.0, channels) if per_channel else _lam(3.0)).requires_grad_()
+    xs = x.detach().requires_grad_()
+    out = kgelu(xs, lam)
+    assert out.stride() == x.stride()
+    xc = x.contiguous().requires_grad_()
+    lam_c = lam.detach().clone().requires_grad_()
+    ref = kgelu(xc, lam_c)
+    assert torch.equal(out, ref)
+    g = torch.randn_like(xc)  # contiguous: not x's layout
+    out.backward(g)
+    ref.backward(g)
+    assert xs.grad.stride() == x.stride() or xs.grad.is_contiguous()
+    assert torch.equal(xs.grad, xc.grad)
+    # the same sum taken in storage order: equal to float32 rounding, not bitwise
+    torch.testing.assert_close(lam.grad, lam_c.grad, rtol=1e-5, atol=1e-6)
+
+
+@gpu
 def test_empty_input():
     x = torch.empty(0, 5, device="cuda", requires_grad=True)
     lam = _lam(2.0).requires_grad_()

@@ -25,8 +25,11 @@ let the last program finish the sum (an atomic ticket per launch): its gpu-scope
 program made the backward slower than the extra launch.
 
 Layouts: one λ (shape (1,)) treats x as a flat vector; per-channel λ (shape (C,)) treats x as a
-(rows, C) matrix tiled in [BLOCK_R, BLOCK_C] blocks. Non-contiguous inputs are made contiguous
-by the launcher (one copy, measured in `benchmarks/bench_kernel.py`).
+(rows, C) matrix tiled in [BLOCK_R, BLOCK_C] blocks. Both walk x's storage: a contiguous x, or a
+dense permuted one such as a transpose (per channel: with the channels innermost), is read in
+place and the output keeps its layout, as torch's elementwise ops do. Other strides (slices with
+gaps, expanded gradients) are copied to a contiguous tensor first (one copy, measured in
+`benchmarks/bench_kernel.py`).
 
 With `traceable=True` the launchers call the kernels through `torch.library.wrap_triton`, so
 they can be the body of a `torch.library.triton_op` that torch.compile traces into. The default
@@ -292,6 +295,33 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
+def _is_permuted_dense(t: torch.Tensor) -> bool:
+    """Whether t's elements fill its span of memory exactly once (a permutation of a contiguous
+    layout, e.g. a transpose): then an elementwise kernel can walk the storage as a flat vector."""
+    expected = 1
+    for stride, size in sorted((t.stride(i), t.size(i)) for i in range(t.dim()) if t.size(i) != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _walkable(t: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """t itself when the kernels can walk its storage in place: contiguous, or a permuted dense
+    layout (per channel: with the channels innermost, so storage index mod C is the channel);
+    else a contiguous copy. Outputs made with `torch.empty_like` keep the same layout."""
+    if t.is_contiguous() or ((not per_channel or t.stride(-1) == 1) and _is_permuted_dense(t)):
+        return t
+    return t.contiguous()
+
+
+def _in_layout_of(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """g stored as x is (the backward walks both in the same order): g itself when it already is."""
+    if g.stride() == x.stride():
+        return g
+    return g.contiguous() if x.is_contiguous() else torch.empty_like(x, dtype=g.dtype).copy_(g)
+
+
 # Direct launches. Triton's `kernel[grid](...)` binds and specialises every argument and looks
 # the compiled kernel up on each call; that host time is a multiple of the C launch itself, and a
 # model pays it three times per site and step. So a kernel's first call for a key goes through
@@ -372,19 +402,20 @@ def _check(x: torch.Tensor, param: torch.Tensor) -> None:
 def kgelu_forward(
     x: torch.Tensor, param: torch.Tensor, tau: float | None = None, traceable: bool = False, validate: bool = True
 ) -> torch.Tensor:
-    """y = x·Φ(λx) for any shape; y is contiguous, with x's dtype. `param` is λ, or θ when a
-    temperature `tau` is given (λ = 1 + softplus(θ/τ) is then computed in the kernel).
+    """y = x·Φ(λx) for any shape and strides; y has x's dtype, and x's layout when x is dense
+    (else contiguous). `param` is λ, or θ when a temperature `tau` is given (λ = 1 + softplus(θ/τ)
+    is then computed in the kernel).
     `validate=False` skips the argument checks, for callers that made them already."""
     if validate:
         _check(x, param)
-    x = _dense(x)
+    per_channel = param.numel() > 1
+    x = _walkable(x, per_channel)
     param = _dense(param)
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    y = torch.empty_like(x)  # x's layout (a transposed x gives a transposed y, as torch's GELU does)
     n = x.numel()
     if n == 0:
         return y
     block = CONFIG["fwd_block"]
-    per_channel = param.numel() > 1
     if per_channel:
         n_cols = param.numel()
         n_rows = n // n_cols
@@ -419,7 +450,7 @@ def kgelu_backward(
     validate: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(dx, dλ) — or (dx, dθ) when `tau` is given — from the output gradient, x and the
-    parameter; either is None when not needed. dx has x's dtype and shape (contiguous); the
+    parameter; either is None when not needed. dx has x's dtype, shape and (dense) layout; the
     parameter's gradient is float32 with its shape. `validate=False` skips the argument checks
     (autograd already guarantees grad_out's shape)."""
     if validate:
@@ -428,16 +459,16 @@ def kgelu_backward(
             raise ValueError(f"grad_out has shape {tuple(grad_out.shape)} but x has {tuple(x.shape)}")
     if not need_x and not need_param:
         return None, None
-    x = _dense(x)
-    grad_out = _dense(grad_out)  # e.g. the stride-0 gradient of a .sum()
+    per_channel = param.numel() > 1
+    x = _walkable(x, per_channel)
+    grad_out = _in_layout_of(grad_out, x)  # e.g. the stride-0 gradient of a .sum()
     param = _dense(param)
     n = x.numel()
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else None
+    dx = torch.empty_like(x) if need_x else None
     if n == 0:
         return dx, (torch.zeros_like(param) if need_param else None)
     inv_tau = _inv_tau(tau)
     device = x.get_device()
-    per_channel = param.numel() > 1
     if per_channel:
         n_cols = param.numel()
         n_rows = n // n_cols
