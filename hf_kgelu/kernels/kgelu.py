@@ -368,26 +368,25 @@ def _launch(kernel, grid: tuple, args: tuple, constexprs: tuple, num_warps: int,
     if device >= 0 and device != torch._C._cuda_getDevice():
         with torch.cuda.device(device):  # Triton launches on the current device
             return _launch(kernel, grid, args, constexprs, num_warps, device, traceable)
-    if traceable or not DIRECT_LAUNCH or _KNOBS is None or device < 0 or _hooks_set():
-        names = kernel.arg_names[len(args) :]
-        launcher = wrap_triton(kernel) if traceable else kernel
-        launcher[grid](*args, **dict(zip(names, constexprs)), num_warps=num_warps)
-        return
-    # __name__: hashing a JITFunction is slow; floats (1/τ) are not specialised, so not in the key
-    key = (kernel.__name__, device, num_warps, constexprs, *[
-        (arg.dtype, arg.data_ptr() % 16 == 0) if isinstance(arg, torch.Tensor) else arg
-        for arg in args if not isinstance(arg, float)
-    ])
-    entry = _compiled.get(key)
-    if entry is None:
-        names = kernel.arg_names[len(args) :]
-        compiled = kernel[grid](*args, **dict(zip(names, constexprs)), num_warps=num_warps)
+    direct = not traceable and DIRECT_LAUNCH and _KNOBS is not None and device >= 0 and not _hooks_set()
+    if direct:
+        # __name__: hashing a JITFunction is slow; floats (1/τ) are not specialised, so not in the key
+        key = (kernel.__name__, device, num_warps, constexprs, *[
+            (arg.dtype, arg.data_ptr() % 16 == 0) if isinstance(arg, torch.Tensor) else arg
+            for arg in args if not isinstance(arg, float)
+        ])
+        entry = _compiled.get(key)
+        if entry is not None:
+            launch, leading = entry
+            launch(grid[0], grid[1], 1, torch._C._cuda_getCurrentRawStream(device), *leading, *args, *constexprs)
+            return
+    # Through Triton: traced (torch.compile), every call (direct launches off), or a key's first call.
+    named = dict(zip(kernel.arg_names[len(args) :], constexprs))
+    compiled = (wrap_triton(kernel) if traceable else kernel)[grid](*args, **named, num_warps=num_warps)
+    if direct:
         if len(_compiled) >= _MAX_COMPILED_KEYS:
             _compiled.clear()
         _compiled[key] = _launcher(compiled.result() if hasattr(compiled, "result") else compiled)
-        return
-    launch, leading = entry
-    launch(grid[0], grid[1], 1, torch._C._cuda_getCurrentRawStream(device), *leading, *args, *constexprs)
 
 
 def _check(x: torch.Tensor, param: torch.Tensor) -> None:
