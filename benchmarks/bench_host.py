@@ -132,8 +132,24 @@ def pieces(calls: int = 300, rounds: int = 5) -> list[dict]:
     return [dict(part="piece", case=name, host_us=us) for name, us in medians.items()]
 
 
-def profile_site(calls: int = 300, top: int = 25) -> str:
-    """cProfile of the KGELU forward+backward, the functions with the most own time."""
+def profile_calls(fn, calls: int, top: int = 25) -> str:
+    """cProfile of `calls` calls of fn (device synced around them), the functions with the most
+    own time: where a path's host time goes. bench_train_step.py uses it for whole steps."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    sync()
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def profile_site(calls: int = 300) -> str:
+    """cProfile of the KGELU forward+backward, after a warm-up."""
     from hf_kgelu import KGELU
 
     x = torch.randn(64, 64, device="cuda", requires_grad=True)
@@ -141,16 +157,7 @@ def profile_site(calls: int = 300, top: int = 25) -> str:
     site = KGELU().cuda()
     for _ in range(20):
         site(x).backward(g)
-    torch.cuda.synchronize()
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(calls):
-        site(x).backward(g)
-    torch.cuda.synchronize()
-    profiler.disable()
-    out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
-    return out.getvalue()
+    return profile_calls(lambda: site(x).backward(g), calls)
 
 
 def main(argv: list[str] | None = None) -> int:

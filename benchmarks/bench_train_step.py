@@ -34,6 +34,8 @@ import time
 import torch
 from torch import nn
 
+from bench_host import profile_calls  # the script's own folder is on sys.path
+
 VARIANTS = ("gelu", "kgelu", "kgelu-torch", "naive", "kgelu-triton-launch")
 DEFAULT_VARIANTS = VARIANTS[:4]
 
@@ -169,25 +171,6 @@ def device_time(step, steps: int = 5) -> tuple[float, float]:
     return total / steps / 1e3, activation / steps / 1e3
 
 
-def host_profile(step, steps: int = 5, top: int = 30) -> str:
-    """cProfile of a few steps (the host's share, by own time): where a variant's extra host time goes."""
-    import cProfile
-    import io
-    import pstats
-
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    sync()
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(steps):
-        step()
-    sync()
-    profiler.disable()
-    out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
-    return out.getvalue()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2", choices=["gpt2", "deit"])
@@ -269,7 +252,7 @@ def main(argv=None) -> int:
     if args.host_profile:
         for v in names:
             print(f"----- cProfile of 5 {v} steps")
-            print(host_profile(steps[v]))
+            print(profile_calls(steps[v], 5, top=30))
     print(f"CSV: {csv_path}")
     return 0
 
