@@ -9,6 +9,14 @@ Math in float32 whatever the storage dtype (fp32/bf16/fp16):
 - `_kgelu_bwd_kernel`: dx = g·(Φ(λx) + λx·φ(λx)) and the λ gradient Σ g·x²·φ(λx), from g and x
   alone (nothing but x and λ is saved by the forward pass, as for torch's GELU).
 
+Instruction count matters as much as bytes: at 2 bytes per element an H200 moves a tile in the
+time it issues about 7 instructions per byte, and the first version of these kernels issued more
+(bf16: 38 per element forward, 55 backward). So Φ and φ share one exponent (base 2, log2(e)
+folded into the constants), the exponentials and the reciprocal are single hardware
+instructions (flush-to-zero: results below 2^-126, where Φ and φ are subnormal, become 0), and
+1/√(2π) is applied once per partial sum. Now 25 and 35 (`benchmarks/kernel_instructions.py`
+counts them from the compiled SASS, no GPU needed).
+
 The hardness comes either as λ itself or as θ (the launchers' `tau` given), in which case the
 kernels compute λ = 1 + softplus(θ/τ) themselves (as torch does: θ·(1/τ), threshold 20) and the
 backward returns dθ: a `KGELU` site then costs one launch forward and two backward (the
@@ -58,19 +66,28 @@ _INV_SQRT_2PI = tl.constexpr(1.0 / math.sqrt(2.0 * math.pi))
 # picked by `benchmarks/choose_kernel_config.py` (device time from CUDA-graph replays at
 # 8192×3072 elements, bf16 and fp32, per site and per channel; docs/results.md).
 CONFIG = {
+    # elements and warps per forward program for 16-bit inputs; float32 has its own entries
     "fwd_block": 2048,
-    "fwd_warps": 4,
+    "fwd_warps": 2,
+    "fwd_block_fp32": 1024,
+    "fwd_warps_fp32": 4,
     # elements per backward tile (per site: one program per tile; per channel: rows × columns)
-    "bwd_block": 1024,
+    "bwd_block": 2048,
     "bwd_warps": 2,
+    "bwd_block_fp32": 2048,
+    "bwd_warps_fp32": 2,
     # one λ per channel: about this many row-programs per SM in all, each looping over row tiles
+    # of this many elements
     "channel_programs_per_sm": 4,
+    "channel_bwd_block": 2048,
     "channel_bwd_warps": 8,
     "max_block_c": 256,
     "cdf": "rational",
-    # the partial-sum kernel: elements per step, warps
+    # the partial-sum kernel: elements per step, warps, and (per channel) columns per program
+    # (powers of 2)
     "sum_block": 16384,
     "sum_warps": 16,
+    "sum_max_cols": 32,
 }
 # Tuning without editing the source (benchmarks, other GPUs): a JSON object of CONFIG entries.
 CONFIG.update(json.loads(os.environ.get("HF_KGELU_KERNEL_CONFIG", "") or "{}"))
@@ -82,33 +99,54 @@ _INT32_SAFE_ELEMENTS = 2**30
 _SOFTPLUS_THRESHOLD = tl.constexpr(20.0)
 
 
+# Numerical Recipes' erfcc: erfc(u) = t·exp(−u² + P(t)), t = 1/(1 + u/2), u = |z|/√2 ≥ 0, with
+# P's coefficients scaled by log2(e) (the kernels exponentiate base 2) and ½ folded into the
+# constant term, so that Φ(−|z|) = ½·erfc(u) = t·2^(P₂(t) + w) with w = −z²/2·log2(e).
+_LOG2E = 1.0 / math.log(2.0)
+_ERFCC = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
+          0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+_P0 = tl.constexpr(_ERFCC[0] * _LOG2E - 1.0)
+_P1, _P2, _P3, _P4, _P5, _P6, _P7, _P8, _P9 = [tl.constexpr(c * _LOG2E) for c in _ERFCC[1:]]
+_HALF_INV_SQRT2 = tl.constexpr(0.5 / math.sqrt(2.0))
+_NEG_HALF_LOG2E = tl.constexpr(-0.5 * _LOG2E)
+
+
+@triton.jit
+def _exp2(v):
+    # libdevice's exp2f under Triton's default FTZ reflection: one MUFU.EX2, no range fix-ups
+    # (it flushes results below 2^-126 to 0: there Φ and φ are subnormal anyway)
+    return libdevice.exp2(v)
+
+
 @triton.jit
 def _normal_cdf(z, CDF: tl.constexpr):
-    """Φ(z) in float32. CDF = 0: ½·erfc(|z|/√2) from a rational-exponential fit (relative
-    error < 1.2e-7 in exact arithmetic; in float32 a few 1e-6 where Φ < 1e-9, from rounding the
-    large exponent), cheap enough for the kernels to keep up with torch's GELU, and exact to
-    relative precision in the negative tail like the torch path. CDF = 1: libdevice erfc (as
-    exact, slower). CDF = 2: ½·(1 + erf(z/√2)) (fast, but absolute error ~6e-8 in the tail)."""
+    """(Φ(z), w) in float32, where w = −z²/2·log2(e), so that φ(z) = 2^w/√(2π) (the backward
+    reuses it). CDF = 0: ½·erfc(|z|/√2) from a rational-exponential fit (relative error < 1.2e-7
+    in exact arithmetic; in float32 a few 1e-6 where Φ < 1e-9, from rounding the large
+    exponent), in few instructions (one reciprocal, one exp2), so the kernels keep up with
+    torch's GELU, and exact to relative precision in the negative tail like the torch path.
+    CDF = 1: libdevice erfc (as exact, slower). CDF = 2: ½·(1 + erf(z/√2)) (fast, but absolute
+    error ~6e-8 in the tail)."""
+    w = z * z * _NEG_HALF_LOG2E
     if CDF == 0:
-        # Numerical Recipes' erfcc: erfc(u) = t·exp(−u² + P(t)), t = 1/(1 + u/2), u ≥ 0
-        u = tl.abs(z) * _INV_SQRT2
-        t = 1.0 / (1.0 + 0.5 * u)
-        p = 0.17087277 * t - 0.82215223
-        p = p * t + 1.48851587
-        p = p * t - 1.13520398
-        p = p * t + 0.27886807
-        p = p * t - 0.18628806
-        p = p * t + 0.09678418
-        p = p * t + 0.37409196
-        p = p * t + 1.00002368
-        p = p * t - 1.26551223
-        tail = 0.5 * t * tl.exp(p - u * u)  # Φ(−|z|)
+        # t = 1/(1 + u/2): the denominator is ≥ 1, so the fast reciprocal is safe
+        t = libdevice.fast_dividef(1.0, tl.abs(z) * _HALF_INV_SQRT2 + 1.0)
+        p = _P9 * t + _P8
+        p = p * t + _P7
+        p = p * t + _P6
+        p = p * t + _P5
+        p = p * t + _P4
+        p = p * t + _P3
+        p = p * t + _P2
+        p = p * t + _P1
+        p = p * t + _P0
+        tail = t * _exp2(p + w)  # Φ(−|z|)
         gate = tl.where(z >= 0.0, 1.0 - tail, tail)
     elif CDF == 1:
         gate = 0.5 * libdevice.erfc(z * -_INV_SQRT2)
     else:
         gate = 0.5 * (1.0 + tl.math.erf(z * _INV_SQRT2))
-    return gate
+    return gate, w
 
 
 @triton.jit
@@ -132,12 +170,14 @@ def _hardness_grad(dlam, p, inv_tau, THETA: tl.constexpr):
 
 @triton.jit
 def _grads(g, x, lam, CDF: tl.constexpr):
-    """(dx, λ-gradient term) of one tile; the compiler drops whichever the caller ignores."""
+    """(dx, λ-gradient term·√(2π)) of one tile; the compiler drops whichever the caller ignores.
+    The term's 1/√(2π) is applied once to each partial sum (`_INV_SQRT_2PI`), not per element."""
     z = x * lam
-    density = tl.exp(-0.5 * z * z) * _INV_SQRT_2PI
-    dx = g * (_normal_cdf(z, CDF) + z * density)
-    # (x·φ)·x, not x·x·φ: x² would overflow to inf (and inf·0 = NaN) for |x| > 1.8e19
-    return dx, g * (x * density) * x
+    gate, w = _normal_cdf(z, CDF)
+    e = _exp2(w)  # √(2π)·φ(z)
+    dx = g * ((z * e) * _INV_SQRT_2PI + gate)
+    # (x·e)·x, not x·x·e: x² would overflow to inf (and inf·0 = NaN) for |x| > 1.8e19
+    return dx, g * ((x * e) * x)
 
 
 @triton.jit
@@ -165,13 +205,15 @@ def _kgelu_fwd_kernel(
         lam = _hardness(tl.load(param_ptr + cols, mask=col_mask, other=1.0), inv_tau, THETA)[None, :]
         offsets = rows[:, None] * n_cols + cols[None, :]
         mask = (rows < n_rows)[:, None] & col_mask[None, :]
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     else:
         # flat: n_cols is the number of elements
         offsets = pid * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = offsets < n_cols
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        tl.debug_barrier()  # every load of x issued before θ's (see the backward)
         lam = _hardness(tl.load(param_ptr), inv_tau, THETA)
-    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    gate = _normal_cdf(x * lam, CDF)
+    gate, _ = _normal_cdf(x * lam, CDF)
     tl.store(y_ptr + offsets, (x * gate).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -216,19 +258,23 @@ def _kgelu_bwd_kernel(
             if COMPUTE_DLAM:
                 acc += term
         if COMPUTE_DLAM:
-            tl.store(partial_ptr + pid * n_cols + cols, tl.sum(acc, axis=0), mask=col_mask)
+            tl.store(partial_ptr + pid * n_cols + cols, tl.sum(acc, axis=0) * _INV_SQRT_2PI, mask=col_mask)
     else:
         # flat: n_cols is the number of elements; one tile per program, one partial
-        lam = _hardness(tl.load(param_ptr), inv_tau, THETA)
         offsets = pid * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = offsets < n_cols
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        # The barrier keeps every load of x and g issued before λ's (ptxas would otherwise
+        # interleave them with the softplus, which waits on θ's load): the tile's memory
+        # latency overlaps once, not twice.
+        tl.debug_barrier()
+        lam = _hardness(tl.load(param_ptr), inv_tau, THETA)
         dx, term = _grads(g, x, lam, CDF)  # masked lanes have g = x = 0, so term = 0
         if COMPUTE_DX:
             tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if COMPUTE_DLAM:
-            tl.store(partial_ptr + pid, tl.sum(term, axis=0))
+            tl.store(partial_ptr + pid, tl.sum(term, axis=0) * _INV_SQRT_2PI)
 
 
 @triton.jit
@@ -283,6 +329,13 @@ def _inv_tau(tau: float | None) -> float:
         return 1.0
     tau32 = struct.unpack("f", struct.pack("f", tau))[0]
     return struct.unpack("f", struct.pack("f", 1.0 / tau32))[0]
+
+
+def _tile(kind: str, x: torch.Tensor) -> tuple[int, int]:
+    """(elements, warps) per program of the `kind` ("fwd" or "bwd") kernel for x's dtype."""
+    if x.element_size() == 4:
+        return CONFIG[kind + "_block_fp32"], CONFIG[kind + "_warps_fp32"]
+    return CONFIG[kind + "_block"], CONFIG[kind + "_warps"]
 
 
 def _column_tile(n_cols: int, block: int) -> tuple[int, int]:
@@ -414,7 +467,7 @@ def kgelu_forward(
     n = x.numel()
     if n == 0:
         return y
-    block = CONFIG["fwd_block"]
+    block, warps = _tile("fwd", x)
     if per_channel:
         n_cols = param.numel()
         n_rows = n // n_cols
@@ -427,7 +480,7 @@ def kgelu_forward(
     constexprs = (per_channel, tau is not None, block_r, block_c, n > _INT32_SAFE_ELEMENTS, _CDF_CODES[CONFIG["cdf"]])
     _launch(
         _kgelu_fwd_kernel, grid, (x, param, _inv_tau(tau), y, n_rows, n_cols), constexprs,
-        CONFIG["fwd_warps"], x.get_device(), traceable,
+        warps, x.get_device(), traceable,
     )
     return y
 
@@ -471,15 +524,15 @@ def kgelu_backward(
     if per_channel:
         n_cols = param.numel()
         n_rows = n // n_cols
-        block_r, block_c = _column_tile(n_cols, CONFIG["bwd_block"])
+        block_r, block_c = _column_tile(n_cols, CONFIG["channel_bwd_block"])
         column_blocks = _cdiv(n_cols, block_c)
         tiles = _cdiv(n_rows, block_r)
         programs = _row_programs(tiles, column_blocks, device)
         warps = CONFIG["channel_bwd_warps"]
     else:
-        n_rows, n_cols, block_r, block_c, column_blocks = 1, n, 1, CONFIG["bwd_block"], 1
+        block_c, warps = _tile("bwd", x)
+        n_rows, n_cols, block_r, column_blocks = 1, n, 1, 1
         tiles = programs = _cdiv(n, block_c)
-        warps = CONFIG["bwd_warps"]
     partial_cols = n_cols if per_channel else 1
     partials = torch.empty(programs * partial_cols if need_param else 1, device=x.device, dtype=torch.float32)
     # PER_CHANNEL, THETA, COMPUTE_DX, COMPUTE_DLAM, BLOCK_R, BLOCK_C, INT64, CDF
@@ -491,11 +544,11 @@ def kgelu_backward(
     )
     if not need_param:
         return dx, None
-    sum_cols = block_c if per_channel else 1
+    sum_cols = min(block_c, CONFIG["sum_max_cols"]) if per_channel else 1
     sum_rows = max(1, min(CONFIG["sum_block"] // sum_cols, _next_power_of_2(programs)))
     dparam = torch.empty_like(param)
     _launch(
-        _kgelu_finish_kernel, (column_blocks, 1), (partials, param, inv_tau, dparam, programs, partial_cols),
+        _kgelu_finish_kernel, (_cdiv(partial_cols, sum_cols), 1), (partials, param, inv_tau, dparam, programs, partial_cols),
         (tau is not None, sum_rows, sum_cols), CONFIG["sum_warps"], device, traceable,
     )
     return dx, dparam
