@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from bench_host import host_overhead  # the script's own folder is on sys.path
+from choose_kernel_config import applies
 
 WIDTH = 3072
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -192,14 +193,20 @@ def sweep(rows: int, dtypes: list[str]) -> list[dict]:
 
         ref = graph_time(lambda x, _: F.gelu(x), make, None, dtype)
         configs = [{}]
-        configs += [dict(bwd_block=b, bwd_warps=w) for b, w in ((1024, 4), (2048, 8), (4096, 8), (1024, 2))]
-        configs += [dict(channel_programs_per_sm=p) for p in (2, 4, 16)]
-        configs += [dict(channel_bwd_warps=8)]
-        configs += [dict(sum_block=b, sum_warps=w) for b, w in ((8192, 8), (16384, 16))]
-        configs += [dict(fwd_block=b, fwd_warps=w) for b, w in ((1024, 4), (4096, 8))]
+        # 16-bit and float32 tiles (each run only where it acts: choose_kernel_config.applies)
+        configs += [dict(bwd_block=b, bwd_warps=w) for b, w in ((1024, 2), (2048, 4), (4096, 4))]
+        configs += [dict(fwd_block=b, fwd_warps=w) for b, w in ((1024, 4), (2048, 2), (4096, 4))]
+        configs += [dict(bwd_block_fp32=b, bwd_warps_fp32=w) for b, w in ((1024, 2), (1024, 4), (2048, 4), (4096, 8))]
+        configs += [dict(fwd_block_fp32=b, fwd_warps_fp32=w) for b, w in ((512, 4), (1024, 4), (1024, 2), (2048, 8))]
+        configs += [dict(channel_programs_per_sm=p) for p in (2, 8)]
+        configs += [dict(channel_bwd_block=b, channel_bwd_warps=w) for b, w in ((1024, 8), (4096, 8))]
+        configs += [dict(sum_max_cols=c) for c in (32, 64)]
+        configs += [dict(sum_block=8192, sum_warps=8)]
         for layout, theta in (("site", torch.tensor([0.07], device="cuda", requires_grad=True)),
                               ("channel", torch.linspace(-0.3, 2.0, WIDTH, device="cuda").requires_grad_())):
             for change in configs:
+                if not applies(change, dname, layout):
+                    continue
                 CONFIG.clear()
                 CONFIG.update(default, **change)
                 t = graph_time(lambda x, th: kgelu_theta(x, th, 0.1), make, theta, dtype)

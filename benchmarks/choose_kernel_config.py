@@ -4,7 +4,8 @@ JSON that HF_KGELU_KERNEL_CONFIG takes.
 Each sweep row changes one entry group from the defaults. Per group, the value with the lowest
 forward+backward time relative to the defaults' of the same dtype and layout (forward time for
 the forward's own entries), averaged with the per-site layout weighted 2:1 over per-channel,
-wins if it beats the defaults by more than `--margin`.
+wins if it beats the defaults by more than `--margin`. An entry is judged only on the dtypes and
+layouts it acts on (`applies`).
 
     python benchmarks/choose_kernel_config.py outputs/gpu/bench_kernel_sweep.csv
 """
@@ -28,6 +29,21 @@ def parse_change(text: str) -> dict:
     return out
 
 
+def applies(keys, dtype: str, layout: str) -> bool:
+    """Whether changing these CONFIG entries can change the kernels' time for this dtype and
+    layout: `channel_*` and `sum_max_cols` act on the per-channel layout alone, `bwd_*` (the
+    per-site tile) on the per-site layout alone, `*_fp32` on float32 alone and the other tile
+    entries (`fwd_*`, `bwd_*`) on 16-bit inputs alone."""
+    for key in keys:
+        if (key.startswith("channel_") or key == "sum_max_cols") and layout != "channel":
+            return False
+        if key.startswith("bwd_") and layout != "site":
+            return False
+        if key.startswith(("fwd_", "bwd_")) and key.endswith("_fp32") != (dtype == "fp32"):
+            return False
+    return True
+
+
 def choose(rows: list[dict], margin: float) -> dict:
     """Per entry group, the value whose time relative to the defaults' (same dtype and layout)
     has the lowest weighted mean, if that mean is below 1 − margin."""
@@ -36,8 +52,8 @@ def choose(rows: list[dict], margin: float) -> dict:
     for r in rows:
         keys = parse_change(r["change"])
         base = defaults.get((r["dtype"], r["layout"]))
-        if not keys or base is None or (r["layout"] == "site" and all(k.startswith("channel_") for k in keys)):
-            continue  # the per-channel entries are judged on the per-channel layout alone
+        if not keys or base is None or not applies(keys, r["dtype"], r["layout"]):
+            continue
         metric = "fwd_vs_gelu" if all(k.startswith("fwd_") for k in keys) else "fwd_bwd_vs_gelu"
         weight = 2 if r["layout"] == "site" else 1
         relative[r["change"]] += [float(r[metric]) / float(base[metric])] * weight

@@ -3,7 +3,7 @@
 # One log (log.txt, also echoed) and the benchmarks' CSVs go under $1 (default outputs/gpu).
 # Run from the repository root on a CUDA machine:
 #   bash benchmarks/run_gpu_checks.sh outputs/gpu [steps...]
-# steps: tests sweep choose kernel host train_gpt2 train_deit (default: tests kernel host train_gpt2 train_deit);
+# steps: tests sweep choose kernel host train_gpt2 train_gpt2_compile train_deit (default: tests kernel host train_gpt2 train_deit);
 # choose exports HF_KGELU_KERNEL_CONFIG with the sweep's winners (choose_kernel_config.py).
 # env: KERNEL_ROWS (bench_kernel --rows), GPT2_STEPS (interleaved rounds), per-step time limits
 # TESTS_S SWEEP_S KERNEL_S HOST_S TRAIN_S (seconds). Outputs: log.txt and the benchmarks' CSVs.
@@ -31,6 +31,7 @@ for step in $steps; do
     kernel) timeout "${KERNEL_S:-180}" $py benchmarks/bench_kernel.py --rows "${KERNEL_ROWS:-256,2048,8192,32768}" --csv "$out/bench_kernel.csv" ;;
     host) timeout "${HOST_S:-120}" $py benchmarks/bench_host.py --csv "$out/bench_host.csv" ;;
     train_gpt2) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model gpt2 --steps "${GPT2_STEPS:-60}" --csv "$out/train_step_gpt2.csv" ;;
+    train_gpt2_compile) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model gpt2 --compile --variants gelu,kgelu --steps "${GPT2_STEPS:-60}" --csv "$out/train_step_gpt2_compile.csv" ;;
     train_deit) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model deit --csv "$out/train_step_deit.csv" ;;
     *) echo "unknown step $step" ;;
   esac 2>&1 | tee -a "$log"
