@@ -13,6 +13,7 @@ its loads (L: a 16-byte load, l: a narrower one), exponentials (e) and stores (S
     # another version of the kernels, e.g. an earlier commit's:
     git show 0a4f8ae:hf_kgelu/kernels/kgelu.py > /tmp/kgelu_old.py
     python benchmarks/kernel_instructions.py --module /tmp/kgelu_old.py
+    python benchmarks/kernel_instructions.py --per-channel --order
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", default=None, help="a kgelu.py to load instead of hf_kgelu.kernels.kgelu")
     parser.add_argument("--order", action="store_true", help="also print the issue order of loads, exp2s and stores")
+    parser.add_argument("--per-channel", action="store_true",
+                        help="also the per-channel kernels (tiles of rows × 256 columns). Their backward loops over row "
+                             "tiles: its count spreads the prologue (λ per column) and epilogue (the column sums) over one "
+                             "tile, so it overstates, and its issue order is the prologue's and one iteration's")
     args = parser.parse_args(argv)
     kernels = load_kernels(args.module)
     config = kernels.CONFIG
@@ -105,6 +110,15 @@ def main(argv=None) -> int:
             cases.append(("forward", dtype, theta, fwd, kernels._kgelu_fwd_kernel, dict(common, BLOCK_C=fwd[0])))
             cases.append(("backward", dtype, theta, bwd, kernels._kgelu_bwd_kernel,
                           dict(common, BLOCK_C=bwd[0], COMPUTE_DX=True, COMPUTE_DLAM=True)))
+    if args.per_channel:
+        block_c = config["max_block_c"]
+        for dtype, suffix in (("bf16", ""), ("fp32", "_fp32")):
+            common = dict(PER_CHANNEL=True, THETA=True, BLOCK_C=block_c, INT64=False, CDF=0)
+            fwd = (config.get("fwd_block" + suffix, config["fwd_block"]), config.get("fwd_warps" + suffix, config["fwd_warps"]))
+            bwd = (config.get("channel_bwd_block", config["bwd_block"]), config["channel_bwd_warps"])
+            cases.append(("fwd/ch", dtype, True, fwd, kernels._kgelu_fwd_kernel, dict(common, BLOCK_R=max(1, fwd[0] // block_c))))
+            cases.append(("bwd/ch", dtype, True, bwd, kernels._kgelu_bwd_kernel,
+                          dict(common, BLOCK_R=max(1, bwd[0] // block_c), COMPUTE_DX=True, COMPUTE_DLAM=True)))
     print(f"{'kernel':9} {'dtype':5} {'param':5} {'tile':>10} {'instr/el':>8} {'MUFU/el':>7} {'FMUL+FFMA/el':>12}")
     for name, dtype, theta, (block, warps), kernel, constexprs in cases:
         opcodes = disassemble(compile_sm90(kernel, dtype, constexprs, warps))
