@@ -41,6 +41,18 @@ def load_kernels(path: str | None):
     return module
 
 
+CHANNELS = 3072  # per channel: GPT-2 small's MLP width, as in bench_kernel.py
+
+
+def launch_tile(kernels, kind: str, dtype: str) -> tuple[int, int]:
+    """(elements, warps) per program that the launchers pick for `kind` ("fwd"/"bwd") and dtype."""
+    import torch
+
+    if hasattr(kernels, "_tile"):
+        return kernels._tile(kind, torch.empty(0, dtype=getattr(torch, {"bf16": "bfloat16", "fp32": "float32"}[dtype])))
+    return kernels.CONFIG[kind + "_block"], kernels.CONFIG[kind + "_warps"]  # before per-dtype tiles
+
+
 def compile_sm90(kernel, dtype: str, constexprs: dict, warps: int):
     """The kernel compiled for sm_90: pointers `*dtype` (λ/θ and partials float32), floats fp32,
     ints i32; pointers and the element count marked divisible by 16, as Triton marks them."""
@@ -94,31 +106,30 @@ def main(argv=None) -> int:
     parser.add_argument("--module", default=None, help="a kgelu.py to load instead of hf_kgelu.kernels.kgelu")
     parser.add_argument("--order", action="store_true", help="also print the issue order of loads, exp2s and stores")
     parser.add_argument("--per-channel", action="store_true",
-                        help="also the per-channel kernels (tiles of rows × 256 columns). Their backward loops over row "
+                        help="also the per-channel kernels (3072 channels). Their backward loops over row "
                              "tiles: its count spreads the prologue (λ per column) and epilogue (the column sums) over one "
                              "tile, so it overstates, and its issue order is the prologue's and one iteration's")
     args = parser.parse_args(argv)
     kernels = load_kernels(args.module)
-    config = kernels.CONFIG
     cases = []
-    for dtype, suffix in (("bf16", ""), ("fp32", "_fp32")):
-        # tiles as the launchers pick them (older modules had one entry for every dtype)
-        fwd = (config.get("fwd_block" + suffix, config["fwd_block"]), config.get("fwd_warps" + suffix, config["fwd_warps"]))
-        bwd = (config.get("bwd_block" + suffix, config["bwd_block"]), config.get("bwd_warps" + suffix, config["bwd_warps"]))
+    for dtype in ("bf16", "fp32"):
+        fwd, bwd = launch_tile(kernels, "fwd", dtype), launch_tile(kernels, "bwd", dtype)
         for theta in (True, False):
             common = dict(PER_CHANNEL=False, THETA=theta, BLOCK_R=1, INT64=False, CDF=0)
             cases.append(("forward", dtype, theta, fwd, kernels._kgelu_fwd_kernel, dict(common, BLOCK_C=fwd[0])))
             cases.append(("backward", dtype, theta, bwd, kernels._kgelu_bwd_kernel,
                           dict(common, BLOCK_C=bwd[0], COMPUTE_DX=True, COMPUTE_DLAM=True)))
-    if args.per_channel:
-        block_c = config["max_block_c"]
-        for dtype, suffix in (("bf16", ""), ("fp32", "_fp32")):
-            common = dict(PER_CHANNEL=True, THETA=True, BLOCK_C=block_c, INT64=False, CDF=0)
-            fwd = (config.get("fwd_block" + suffix, config["fwd_block"]), config.get("fwd_warps" + suffix, config["fwd_warps"]))
+        if args.per_channel:
+            config = kernels.CONFIG
+            # older modules tiled the per-channel backward with the per-site entry
             bwd = (config.get("channel_bwd_block", config["bwd_block"]), config["channel_bwd_warps"])
-            cases.append(("fwd/ch", dtype, True, fwd, kernels._kgelu_fwd_kernel, dict(common, BLOCK_R=max(1, fwd[0] // block_c))))
-            cases.append(("bwd/ch", dtype, True, bwd, kernels._kgelu_bwd_kernel,
-                          dict(common, BLOCK_R=max(1, bwd[0] // block_c), COMPUTE_DX=True, COMPUTE_DLAM=True)))
+            common = dict(PER_CHANNEL=True, THETA=True, INT64=False, CDF=0)
+            for name, kernel, (block, warps), extra in (
+                ("fwd/ch", kernels._kgelu_fwd_kernel, fwd, {}),
+                ("bwd/ch", kernels._kgelu_bwd_kernel, bwd, dict(COMPUTE_DX=True, COMPUTE_DLAM=True)),
+            ):
+                block_r, block_c = kernels._column_tile(CHANNELS, block)
+                cases.append((name, dtype, True, (block, warps), kernel, dict(common, BLOCK_R=block_r, BLOCK_C=block_c, **extra)))
     print(f"{'kernel':9} {'dtype':5} {'param':5} {'tile':>10} {'instr/el':>8} {'MUFU/el':>7} {'FMUL+FFMA/el':>12}")
     for name, dtype, theta, (block, warps), kernel, constexprs in cases:
         opcodes = disassemble(compile_sm90(kernel, dtype, constexprs, warps))
