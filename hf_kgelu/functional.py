@@ -14,10 +14,11 @@ Dispatch: CUDA tensors (float32/bfloat16/float16) go to the fused Triton kernels
 registered, fake impls from the same bodies), so fullgraph compilation sees ordinary ops; in
 eager mode through `KGeluKernelFunction`, which launches the same kernels with a fraction of
 the custom-op dispatcher's host time per call (it matters: a GPT-2 small step has 12 sites).
-Both work with autocast, checkpointing and CUDA graphs. Everything else (CPU, float64, no
-triton installed) takes the torch path below. HF_KGELU_FORCE_REFERENCE=1, read at import,
-forces the torch path everywhere (for debugging); `hf_kgelu.functional.FORCE_REFERENCE` can
-also be flipped at run time.
+Both work with autocast, checkpointing and CUDA graphs. Float32 CPU tensors go to the compiled
+CPU kernel (`hf_kgelu.cpu_kernel`, one pass each way, built at first use with the machine's C
+compiler). Everything else (half types on CPU, float64, no compiler, no triton) takes the torch
+path below. HF_KGELU_FORCE_REFERENCE=1, read at import, forces the torch path everywhere (for
+debugging); `hf_kgelu.functional.FORCE_REFERENCE` can also be flipped at run time.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import os
 
 import torch
 import torch.nn.functional as F
+
+from . import cpu_kernel as _cpu_kernel
 
 try:
     from . import kernels as _kernels
@@ -123,18 +126,27 @@ def kgelu_backward_reference(
     return grad_x.to(x.dtype).reshape(x.shape), grad_lam
 
 
+def uses_cpu_kernel(x: torch.Tensor, lam: torch.Tensor) -> bool:
+    """Whether the compiled CPU kernel (`hf_kgelu.cpu_kernel`) computes this call: float32 CPU
+    tensors, unless the torch path is forced; it is built on the first such call."""
+    return not FORCE_REFERENCE and _cpu_kernel.usable(x, lam)
+
+
 class KGeluFunction(torch.autograd.Function):
-    """Autograd for x·Φ(λx) that saves only x and λ."""
+    """Autograd for x·Φ(λx) that saves only x and λ, off the GPU: the compiled CPU kernel for
+    float32, the torch path above for everything else."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, lam)
-        return kgelu_forward_reference(x, lam)
+        ctx.cpu_kernel = uses_cpu_kernel(x, lam)
+        return _cpu_kernel.forward(x, lam) if ctx.cpu_kernel else kgelu_forward_reference(x, lam)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, lam = ctx.saved_tensors
-        return kgelu_backward_reference(grad_out, x, lam, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        backward = _cpu_kernel.backward if ctx.cpu_kernel and grad_out.dtype == torch.float32 else kgelu_backward_reference
+        return backward(grad_out, x, lam, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
 
 
 if _kernels is not None:

@@ -1,0 +1,218 @@
+"""λ-GELU's CPU kernel: one C file (`kgelu_cpu.c`), compiled at first use, called through ctypes.
+
+torch's CPU erfc alone costs as much as GELU's whole forward and backward, and the tail-exact
+forward needs it, so a torch-op path cannot come within 2× of `F.gelu`. This kernel does each
+direction in one vectorised pass over memory (see the C file for the math and its error).
+
+Build: the machine's C compiler (`$CC`, else `cc`, `gcc` or `clang`) with `-O3 -march=native`,
+into a cache folder (`$HF_KGELU_CACHE`, else `$XDG_CACHE_HOME/hf_kgelu`, else
+`~/.cache/hf_kgelu`), keyed by the source, the flags, the compiler and this CPU's features, and
+written atomically (a temporary file, then a rename), so concurrent processes are safe. No torch
+headers: a build takes well under a second.
+
+Without a compiler, or when a build fails, a warning says why once and the torch path serves
+(same results, slower). `HF_KGELU_CPU_KERNEL=0` turns the kernel off; the torch path is also
+what `HF_KGELU_FORCE_REFERENCE=1` forces.
+
+Float32, contiguous or not (copied), per site or per channel (λ over the last dimension). The λ
+gradient is summed in double over fixed chunks, then in chunk order: bitwise the same for any
+number of threads (`torch.get_num_threads()`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kgelu_cpu.c")
+CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd", "-pthread", "-std=gnu11")
+DISABLE_ENV = "HF_KGELU_CPU_KERNEL"
+MAX_CHANNELS = 65536  # the per-channel loops keep two rows of λ on the stack
+_MIN_ELEMENTS_PER_THREAD = 131072  # below this a thread's start costs more than it saves
+_CHANNEL_BLOCK_ELEMENTS = 16384  # rows per partial sum: about this many elements
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_tried = False
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("HF_KGELU_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hf_kgelu"
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _cpu_features() -> str:
+    """The CPU's feature flags (what -march=native compiles for): a library built on one CPU
+    must not be loaded on another that lacks its instructions."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+def library_path(compiler: str) -> Path:
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), os.path.realpath(compiler).encode(), _cpu_features().encode()):
+        key.update(part)
+        key.update(b"\0")
+    return cache_dir() / f"kgelu_cpu-{platform.machine()}-{key.hexdigest()[:16]}.so"
+
+
+def _build(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *CFLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)  # atomic: another process sees the old state or the whole file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    signatures = {
+        "kgelu_site_forward": ([p, p, i64, f32, i32], None),
+        "kgelu_site_backward": ([p, p, p, p, i64, f32, i32], i32),
+        "kgelu_channel_forward": ([p, p, p, i64, i64, i64, i32], None),
+        "kgelu_channel_backward": ([p, p, p, p, p, i64, i64, i64, i32], i32),
+    }
+    for name, (args, result) in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, result
+    return lib
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel (built on the first call), or None when it is off or cannot be built
+    (a warning says why, once)."""
+    global _library, _tried
+    if _tried:
+        return _library
+    with _lock:
+        if _tried:
+            return _library
+        try:
+            _library = _load()
+        except Exception as exc:  # a missing or failing compiler must not stop training
+            warnings.warn(
+                f"hf_kgelu: the CPU kernel could not be built ({exc}); λ-GELU on CPU uses the slower "
+                f"torch path. Install a C compiler (e.g. `apt-get install gcc`) or set {DISABLE_ENV}=0 "
+                "to use the torch path without this warning.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            _library = None
+        _tried = True
+    return _library
+
+
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get(DISABLE_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C compiler found ($CC, cc, gcc or clang)")
+    target = library_path(compiler)
+    if not target.exists():
+        _build(compiler, target)
+    return _declare(ctypes.CDLL(str(target)))
+
+
+def reset() -> None:
+    """Forget the loaded kernel, so the next `load()` looks again (tests, a changed environment)."""
+    global _library, _tried
+    with _lock:
+        _library, _tried = None, False
+
+
+def usable(x: torch.Tensor, lam: torch.Tensor) -> bool:
+    """Whether the kernel takes this call: float32 CPU tensors, λ of shape (1,) or (C,) with
+    C ≤ MAX_CHANNELS, and the kernel built."""
+    return (
+        x.dtype == torch.float32
+        and lam.dtype == torch.float32
+        and x.device.type == "cpu"
+        and lam.device.type == "cpu"
+        and lam.numel() <= MAX_CHANNELS
+        and load() is not None
+    )
+
+
+def _threads(n: int) -> int:
+    return max(1, min(torch.get_num_threads(), n // _MIN_ELEMENTS_PER_THREAD))
+
+
+def _channel_block_rows(cols: int) -> int:
+    return max(1, _CHANNEL_BLOCK_ELEMENTS // max(cols, 1))
+
+
+def forward(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """x·Φ(λx) for float32 CPU x (any shape; a non-contiguous x is copied), λ of shape (1,) or
+    (C,) over x's last dimension."""
+    lib = load()
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    n = x.numel()
+    if n == 0:
+        return y
+    if lam.numel() == 1:
+        lib.kgelu_site_forward(x.data_ptr(), y.data_ptr(), n, float(lam), _threads(n))
+    else:
+        lam = lam.contiguous()
+        cols = lam.numel()
+        rows = n // cols
+        lib.kgelu_channel_forward(x.data_ptr(), lam.data_ptr(), y.data_ptr(), rows, cols, _channel_block_rows(cols), _threads(n))
+    return y
+
+
+def backward(
+    grad_out: torch.Tensor, x: torch.Tensor, lam: torch.Tensor, need_x: bool = True, need_lam: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dx, dλ) of x·Φ(λx); either is None when not needed. dλ is float32 with λ's shape
+    (grad_lam of an empty x is 0)."""
+    if not need_x and not need_lam:
+        return None, None
+    lib = load()
+    x = x.contiguous()
+    grad_out = grad_out.contiguous()  # e.g. the stride-0 gradient of a .sum()
+    n = x.numel()
+    dx = torch.empty_like(x) if need_x else None
+    grad_lam = torch.empty_like(lam, dtype=torch.float32) if need_lam else None
+    dx_ptr = dx.data_ptr() if need_x else None
+    lam_ptr = grad_lam.data_ptr() if need_lam else None
+    if lam.numel() == 1:
+        status = lib.kgelu_site_backward(grad_out.data_ptr(), x.data_ptr(), dx_ptr, lam_ptr, n, float(lam), _threads(n))
+    else:
+        lam = lam.contiguous()
+        cols = lam.numel()
+        status = lib.kgelu_channel_backward(
+            grad_out.data_ptr(), x.data_ptr(), lam.data_ptr(), dx_ptr, lam_ptr, n // cols, cols, _channel_block_rows(cols), _threads(n)
+        )
+    if status != 0:
+        raise MemoryError("hf_kgelu's CPU kernel could not allocate the scratch for the λ gradient's partial sums")
+    return dx, grad_lam

@@ -1,0 +1,149 @@
+"""The compiled CPU kernel (hf_kgelu.cpu_kernel): built here, exact against float64, the same as
+the torch path, independent of the thread count, and a clean fallback when it cannot be built."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hf_kgelu import cpu_kernel
+from hf_kgelu.functional import kgelu, kgelu_backward_reference, kgelu_forward_reference, uses_cpu_kernel
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def reference(x: torch.Tensor, lam: torch.Tensor):
+    """Forward and (dx, dλ) in float64 through autograd of x·½·erfc(−λx/√2)."""
+    x64 = x.double().requires_grad_()
+    lam64 = lam.double().requires_grad_()
+    y = x64 * 0.5 * torch.erfc(-lam64 * x64 / math.sqrt(2))
+    return y, x64, lam64
+
+
+def test_the_kernel_is_built_on_this_machine():
+    # CI installs a C compiler (Makefile `system-data`); without one every float32 CPU call
+    # would silently take the slower torch path.
+    assert cpu_kernel.load() is not None
+    assert uses_cpu_kernel(torch.randn(3), torch.ones(1))
+
+
+@pytest.mark.parametrize("lam_value", [1.0001, 1.7, 10.0, 160.0, 1000.0])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_forward_and_backward_match_float64_and_the_torch_path(lam_value, per_channel):
+    torch.manual_seed(0)
+    x = torch.randn(37, 257) * 3
+    lam = torch.full((257,), lam_value) * torch.linspace(1.0, 1.5, 257) if per_channel else torch.tensor([lam_value])
+    g = torch.randn_like(x)
+    y = cpu_kernel.forward(x, lam)
+    dx, dlam = cpu_kernel.backward(g, x, lam)
+    ref, x64, lam64 = reference(x, lam)
+    (ref * g.double()).sum().backward()
+    # forward: the same relative bound as the torch path (both round λx/√2 once in float32)
+    err = (y.double() - ref).abs()
+    assert (err <= 2e-6 * ref.abs() + 1e-9).all(), err.max()
+    torch.testing.assert_close(y, kgelu_forward_reference(x, lam), rtol=2e-6, atol=1e-9)
+    torch.testing.assert_close(dx.double(), x64.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dlam.double(), lam64.grad.to(dlam.dtype).double(), rtol=1e-5, atol=1e-6)
+    dx_torch, dlam_torch = kgelu_backward_reference(g, x, lam)
+    torch.testing.assert_close(dx, dx_torch, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dlam, dlam_torch, rtol=1e-5, atol=1e-6)
+    assert dlam.dtype == torch.float32 and dlam.shape == lam.shape
+
+
+def test_lambda_gradient_does_not_depend_on_the_thread_count():
+    torch.manual_seed(1)
+    x = torch.randn(640, 1024)  # 655 360 elements: up to 5 threads at 131 072 each
+    g = torch.randn_like(x)
+    site, channels = torch.tensor([2.5]), torch.linspace(1.1, 4.0, 1024)
+    saved = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append([cpu_kernel.backward(g, x, lam) for lam in (site, channels)] + [cpu_kernel.forward(x, site)])
+    finally:
+        torch.set_num_threads(saved)
+    for other in results[1:]:
+        for (dx_a, dlam_a), (dx_b, dlam_b) in zip(results[0][:2], other[:2]):
+            assert torch.equal(dx_a, dx_b) and torch.equal(dlam_a, dlam_b)
+        assert torch.equal(results[0][2], other[2])
+
+
+def test_autograd_through_kgelu_uses_the_kernel_for_strided_and_broadcast_gradients():
+    base = torch.randn(50, 40, requires_grad=True)
+    x = base.t()[::2]  # non-contiguous
+    lam = torch.tensor([1.9], requires_grad=True)
+    assert not x.is_contiguous() and uses_cpu_kernel(x, lam)
+    kgelu(x, lam).sum().backward()  # grad_out is an expanded (stride-0) tensor
+    y_ref, x64, lam64 = reference(x.detach(), lam.detach())
+    y_ref.sum().backward()
+    torch.testing.assert_close(base.grad.t()[::2].double(), x64.grad, rtol=1e-5, atol=1e-6)
+    assert base.grad.t()[1::2].abs().max() == 0
+    torch.testing.assert_close(lam.grad.double(), lam64.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_and_empty_inputs_behave_like_the_torch_path():
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e30, -1e30, -40.0, 40.0])
+    lam = torch.tensor([3.0])
+    y, y_torch = cpu_kernel.forward(x, lam), kgelu_forward_reference(x, lam)
+    assert torch.equal(y.isnan(), y_torch.isnan())
+    assert torch.equal(y[~y.isnan()], y_torch[~y_torch.isnan()])
+    g = torch.ones_like(x)
+    (dx, dlam), (dx_t, dlam_t) = cpu_kernel.backward(g, x, lam), kgelu_backward_reference(g, x, lam)
+    assert torch.equal(dx.isnan(), dx_t.isnan()) and dlam.isnan().all() and dlam_t.isnan().all()
+    empty = torch.empty(0, 7)
+    assert cpu_kernel.forward(empty, lam).shape == (0, 7)
+    dx, dlam = cpu_kernel.backward(empty, empty, torch.ones(7) * 2)
+    assert dx.shape == (0, 7) and torch.equal(dlam, torch.zeros(7))
+
+
+def test_other_dtypes_and_huge_channel_counts_take_the_torch_path():
+    assert not uses_cpu_kernel(torch.randn(4, dtype=torch.bfloat16), torch.ones(1))
+    assert not uses_cpu_kernel(torch.randn(4, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    wide = cpu_kernel.MAX_CHANNELS + 1
+    assert not uses_cpu_kernel(torch.randn(2, wide), torch.ones(wide))
+    x = torch.randn(2, 5, dtype=torch.bfloat16)
+    torch.testing.assert_close(kgelu(x, 2.0), kgelu_forward_reference(x, torch.tensor([2.0])))
+
+
+_PROBE = """
+import warnings, torch
+from hf_kgelu import cpu_kernel
+from hf_kgelu.functional import kgelu, kgelu_forward_reference
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    x = torch.randn(1000) * 3
+    y = kgelu(x, 1.5)
+print("BUILT" if cpu_kernel.load() is not None else "NOT BUILT")
+print("WARNED" if any("CPU kernel could not be built" in str(w.message) for w in caught) else "QUIET")
+torch.testing.assert_close(y, kgelu_forward_reference(x, torch.tensor([1.5])), rtol=2e-6, atol=1e-9)
+"""
+
+
+def _probe(cache, **env):
+    full_env = {**os.environ, "HF_KGELU_CACHE": str(cache), "PYTHONPATH": REPO, **env}
+    done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=full_env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_built_once_into_the_cache_then_reused(tmp_path):
+    assert _probe(tmp_path) == ["BUILT", "QUIET"]
+    (library,) = tmp_path.glob("kgelu_cpu-*.so")
+    assert not list(tmp_path.glob("*.tmp.so"))  # the temporary file was renamed, not left behind
+    stamp = library.stat().st_mtime_ns
+    assert _probe(tmp_path) == ["BUILT", "QUIET"]
+    assert library.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+
+def test_without_a_compiler_it_warns_once_and_uses_the_torch_path(tmp_path):
+    assert _probe(tmp_path, CC=str(tmp_path / "no-such-compiler")) == ["NOT", "BUILT", "WARNED"]
+    assert not list(tmp_path.glob("*.so"))
+
+
+def test_switched_off_it_builds_nothing_and_stays_quiet(tmp_path):
+    assert _probe(tmp_path, HF_KGELU_CPU_KERNEL="0") == ["NOT", "BUILT", "QUIET"]
+    assert not list(tmp_path.glob("*.so"))
