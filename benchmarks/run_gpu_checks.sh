@@ -3,7 +3,9 @@
 # One log (log.txt, also echoed) and the benchmarks' CSVs go under $1 (default outputs/gpu).
 # Run from the repository root on a CUDA machine:
 #   bash benchmarks/run_gpu_checks.sh outputs/gpu [steps...]
-# steps: tests sweep choose kernel host train_gpt2 train_gpt2_compile train_deit (default: tests kernel host train_gpt2 train_deit);
+# steps: tests sweep choose kernel host train_gpt2 train_gpt2_compile train_deit gaps cpu
+# (default: tests kernel host train_gpt2 train_deit); gaps: where the GPT-2 step's device waits
+# for the host (step_gaps.py); cpu: the CPU kernel against F.gelu on this host's CPU (1 and 8 threads);
 # choose exports HF_KGELU_KERNEL_CONFIG with the sweep's winners (choose_kernel_config.py).
 # env: KERNEL_ROWS (bench_kernel --rows), GPT2_STEPS (interleaved rounds), per-step time limits
 # TESTS_S SWEEP_S KERNEL_S HOST_S TRAIN_S (seconds). Outputs: log.txt and the benchmarks' CSVs.
@@ -26,13 +28,15 @@ for step in $steps; do
     continue
   fi
   case $step in
-    tests) timeout "${TESTS_S:-240}" $py -m pytest -q -p no:cacheprovider -rfE tests/test_kernel_gpu.py tests/test_functional.py ;;
+    tests) timeout "${TESTS_S:-240}" $py -m pytest -q -p no:cacheprovider -rfE tests/test_kernel_gpu.py tests/test_functional.py tests/test_cpu_kernel.py ;;
     sweep) timeout "${SWEEP_S:-150}" $py benchmarks/bench_kernel.py --sweep-only --csv "$out/bench_kernel.csv" ;;
     kernel) timeout "${KERNEL_S:-180}" $py benchmarks/bench_kernel.py --rows "${KERNEL_ROWS:-256,2048,8192,32768}" --csv "$out/bench_kernel.csv" ;;
     host) timeout "${HOST_S:-120}" $py benchmarks/bench_host.py --csv "$out/bench_host.csv" ;;
     train_gpt2) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model gpt2 --steps "${GPT2_STEPS:-60}" --csv "$out/train_step_gpt2.csv" ;;
     train_gpt2_compile) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model gpt2 --compile --variants gelu,kgelu --steps "${GPT2_STEPS:-60}" --csv "$out/train_step_gpt2_compile.csv" ;;
     train_deit) timeout "${TRAIN_S:-100}" $py benchmarks/bench_train_step.py --model deit --csv "$out/train_step_deit.csv" ;;
+    gaps) timeout "${GAPS_S:-150}" $py benchmarks/step_gaps.py --model gpt2 --variants gelu,kgelu,gelu,kgelu --steps 5 ;;
+    cpu) timeout "${CPU_S:-200}" bash -c "$py benchmarks/bench_cpu.py --threads 1 --csv $out/bench_cpu_1t.csv && $py benchmarks/bench_cpu.py --threads 8 --csv $out/bench_cpu_8t.csv" ;;
     *) echo "unknown step $step" ;;
   esac 2>&1 | tee -a "$log"
   echo "===== $step: exit ${PIPESTATUS[0]} in $(( $(date +%s) - start )) s" | tee -a "$log"

@@ -423,15 +423,18 @@ def _launch(kernel, grid: tuple, args: tuple, constexprs: tuple, num_warps: int,
             return _launch(kernel, grid, args, constexprs, num_warps, device, traceable)
     direct = not traceable and DIRECT_LAUNCH and _KNOBS is not None and device >= 0 and not _hooks_set()
     if direct:
+        # Tensors go to the C launcher as their addresses: given a tensor it would call data_ptr()
+        # again and ask the driver to validate the pointer (the callers pass CUDA tensors only).
+        values = [arg.data_ptr() if isinstance(arg, torch.Tensor) else arg for arg in args]
         # __name__: hashing a JITFunction is slow; floats (1/τ) are not specialised, so not in the key
         key = (kernel.__name__, device, num_warps, constexprs, *[
-            (arg.dtype, arg.data_ptr() % 16 == 0) if isinstance(arg, torch.Tensor) else arg
-            for arg in args if not isinstance(arg, float)
+            (arg.dtype, value % 16 == 0) if isinstance(arg, torch.Tensor) else arg
+            for arg, value in zip(args, values) if not isinstance(arg, float)
         ])
         entry = _compiled.get(key)
         if entry is not None:
             launch, leading = entry
-            launch(grid[0], grid[1], 1, torch._C._cuda_getCurrentRawStream(device), *leading, *args, *constexprs)
+            launch(grid[0], grid[1], 1, torch._C._cuda_getCurrentRawStream(device), *leading, *values, *constexprs)
             return
     # Through Triton: traced (torch.compile), every call (direct launches off), or a key's first call.
     named = dict(zip(kernel.arg_names[len(args) :], constexprs))
