@@ -56,9 +56,36 @@ static inline float exp_reduced(float r, float n) {
     return n < -126.0f ? 0.0f : p * scale;
 }
 
+/* v rounded to the nearest integer, for |v| < 2^22: adding 1.5·2^23 leaves no fraction bits
+ * (plain arithmetic, so it vectorises on any target; the compiler may not fold it without
+ * -ffast-math) */
+static inline float round_nearest(float v) {
+    const float shift = 12582912.0f;
+    return (v + shift) - shift;
+}
+
+/* 1/d for 1 ≤ d ≤ 8. With KGELU_NEWTON_RECIPROCAL, without a division (a vector division
+ * issues once per 5–16 cycles, depending on the CPU): the exponent-flip guess (error < 12.5 %)
+ * and three Newton steps (error < 2^-24). benchmarks/cpu_kernel_flags.py compares the two. */
+static inline float reciprocal(float d) {
+#ifndef KGELU_NEWTON_RECIPROCAL
+    return 1.0f / d;
+#else
+    int32_t bits;
+    memcpy(&bits, &d, sizeof bits);
+    bits = 0x7EF311C3 - bits;
+    float r;
+    memcpy(&r, &bits, sizeof r);
+    r = r * fmaf(-d, r, 2.0f);
+    r = r * fmaf(-d, r, 2.0f);
+    r = r * fmaf(-d, r, 2.0f);
+    return r;
+#endif
+}
+
 /* exp(−(hi + lo) + add), the reduction exact up to the rounding of its small remainder */
 static inline float exp_neg_square(float hi, float lo, float add) {
-    float n = rintf((add - hi) * LOG2E);
+    float n = round_nearest((add - hi) * LOG2E);
     float r = fmaf(n, -LN2_HI, -hi); /* exact: n·LN2_HI ≈ −hi */
     r = r + add;
     r = fmaf(n, -LN2_LO, r);
@@ -74,7 +101,7 @@ static inline float normal_cdf(float u, float *e) {
     int beyond = !(hi <= HI_MAX); /* also NaN: the caller's product with x keeps it NaN */
     hi = beyond ? HI_MAX : hi;
     lo = beyond ? 0.0f : lo;
-    float t = 1.0f / fmaf(0.5f, au, 1.0f);
+    float t = reciprocal(fmaf(0.5f, beyond ? 0.0f : au, 1.0f)); /* beyond: t is not used */
     float p = 0.17087277f;
     p = p * t - 0.82215223f;
     p = p * t + 1.48851587f;
