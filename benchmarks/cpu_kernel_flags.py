@@ -3,10 +3,11 @@
 `hf_kgelu.cpu_kernel` compiles `kgelu_cpu.c` with CFLAGS (-O3 -march=native ...). Which vector
 width and which reciprocal are fastest depends on the CPU (a 512-bit division issues every
 ~5 cycles on one core design and every ~16 on another), so this builds each variant into a
-temporary folder and times one thread's forward and backward (per site, λ learning).
+temporary folder and times one thread's forward and backward (per site, λ learning). "base" is
+the flags the package uses; later flags override earlier ones.
 
     python benchmarks/cpu_kernel_flags.py
-    python benchmarks/cpu_kernel_flags.py --sizes 1048576 --variants "base;-mprefer-vector-width=512"
+    python benchmarks/cpu_kernel_flags.py --sizes 1048576 --variants "base;-mprefer-vector-width=256"
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hf_kgelu import cpu_kernel  # noqa: E402
 
-VARIANTS = "base;-mprefer-vector-width=512;-mprefer-vector-width=256;-DKGELU_NEWTON_RECIPROCAL;-DKGELU_NEWTON_RECIPROCAL -mprefer-vector-width=256"
+VARIANTS = "base;-mprefer-vector-width=256;-DKGELU_NEWTON_RECIPROCAL;-DKGELU_NEWTON_RECIPROCAL -mprefer-vector-width=256"
 
 
 def build(extra: str, folder: str) -> ctypes.CDLL:

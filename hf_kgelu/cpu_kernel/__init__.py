@@ -4,7 +4,8 @@ torch's CPU erfc alone costs as much as GELU's whole forward and backward, and t
 forward needs it, so a torch-op path cannot come within 2× of `F.gelu`. This kernel does each
 direction in one vectorised pass over memory (see the C file for the math and its error).
 
-Build: the machine's C compiler (`$CC`, else `cc`, `gcc` or `clang`) with `-O3 -march=native`,
+Build: the machine's C compiler (`$CC`, else `cc`, `gcc` or `clang`) with `-O3 -march=native`
+(512-bit vectors where the CPU has them),
 into a cache folder (`$HF_KGELU_CACHE`, else `$XDG_CACHE_HOME/hf_kgelu`, else
 `~/.cache/hf_kgelu`), keyed by the source, the flags, the compiler and this CPU's features, and
 written atomically (a temporary file, then a rename), so concurrent processes are safe. No torch
@@ -35,7 +36,12 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kgelu_cpu.c")
-CFLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd", "-pthread", "-std=gnu11")
+# -mprefer-vector-width=512 (x86 only): gcc's -march=native keeps 256-bit vectors on Intel
+# AVX-512 CPUs, which made the kernel 1.6× slower on a Xeon (benchmarks/cpu_kernel_flags.py);
+# neutral on AMD, ignored without AVX-512.
+CFLAGS = (
+    "-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd", "-pthread", "-std=gnu11",
+) + (("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ())
 DISABLE_ENV = "HF_KGELU_CPU_KERNEL"
 MAX_CHANNELS = 65536  # the per-channel loops keep two rows of λ on the stack
 _MIN_ELEMENTS_PER_THREAD = 131072  # below this a thread's start costs more than it saves
