@@ -55,7 +55,7 @@ def test_forward_and_backward_match_float64_and_the_torch_path(lam_value, per_ch
 
 def test_lambda_gradient_does_not_depend_on_the_thread_count():
     torch.manual_seed(1)
-    x = torch.randn(640, 1024)  # 655 360 elements: up to 5 threads at 131 072 each
+    x = torch.randn(640, 1024)  # 655 360 elements: up to 10 threads at 65 536 each
     g = torch.randn_like(x)
     site, channels = torch.tensor([2.5]), torch.linspace(1.1, 4.0, 1024)
     saved = torch.get_num_threads()
@@ -107,6 +107,29 @@ def test_other_dtypes_and_huge_channel_counts_take_the_torch_path():
     assert not uses_cpu_kernel(torch.randn(2, wide), torch.ones(wide))
     x = torch.randn(2, 5, dtype=torch.bfloat16)
     torch.testing.assert_close(kgelu(x, 2.0), kgelu_forward_reference(x, torch.tensor([2.0])))
+
+
+_FORK = """
+import os, torch
+from hf_kgelu import cpu_kernel
+torch.set_num_threads(2)
+x, lam = torch.randn(1 << 20), torch.tensor([1.5])
+before = cpu_kernel.forward(x, lam)  # starts the parent's worker threads
+pid = os.fork()
+if pid == 0:  # the child has none of them: its pool must start afresh, not wait on the parent's
+    os._exit(0 if torch.equal(cpu_kernel.forward(x, lam), before) else 3)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, status
+assert torch.equal(cpu_kernel.forward(x, lam), before)
+print("OK")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_runs_the_threaded_kernel():
+    env = {**os.environ, "PYTHONPATH": REPO}
+    done = subprocess.run([sys.executable, "-c", _FORK], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["OK"], done.stderr
 
 
 _PROBE = """

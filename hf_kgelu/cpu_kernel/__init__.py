@@ -15,9 +15,10 @@ Without a compiler, or when a build fails, a warning says why once and the torch
 (same results, slower). `HF_KGELU_CPU_KERNEL=0` turns the kernel off; the torch path is also
 what `HF_KGELU_FORCE_REFERENCE=1` forces.
 
-Float32, contiguous or not (copied), per site or per channel (λ over the last dimension). The λ
+Float32, contiguous or not (copied), per site or per channel (λ over the last dimension). Up to
+`torch.get_num_threads()` threads (the kernel's own pool, one per 64 K elements). The λ
 gradient is summed in double over fixed chunks, then in chunk order: bitwise the same for any
-number of threads (`torch.get_num_threads()`).
+number of threads.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ CFLAGS = (
 ) + (("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ())
 DISABLE_ENV = "HF_KGELU_CPU_KERNEL"
 MAX_CHANNELS = 65536  # the per-channel loops keep two rows of λ on the stack
-_MIN_ELEMENTS_PER_THREAD = 131072  # below this a thread's start costs more than it saves
+_MIN_ELEMENTS_PER_THREAD = 65536  # below this, waking a pool thread costs more than it saves
 _CHANNEL_BLOCK_ELEMENTS = 16384  # rows per partial sum: about this many elements
 
 _lock = threading.Lock()

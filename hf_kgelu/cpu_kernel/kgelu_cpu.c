@@ -20,7 +20,7 @@
  *
  * Sums: each fixed chunk of the input gets its own partial sum in double (8 lanes), and the
  * partials are added in chunk order: the result does not depend on the number of threads.
- * Threads (POSIX) take chunks round-robin.
+ * Threads (POSIX, a pool started at first need) take chunks as they come free.
  */
 #include <math.h>
 #include <pthread.h>
@@ -132,41 +132,99 @@ static inline float backward_one(float g, float x, float s, float lam, float *dl
     return g * (cdf + z * (e * INV_SQRT_2PI));
 }
 
-/* ---- work split ---------------------------------------------------------------------------- */
+/* ---- work split: a pool of worker threads, started at first need ------------------------- */
+/* Starting a thread per call cost ~60 µs here, more than a 128 K-element chunk of work. The
+ * workers wait on a condition variable; a call hands out chunks through an atomic counter. One
+ * call uses the pool at a time (another, from a second Python thread, runs its chunks alone),
+ * and a fork()ed child starts with an empty pool (its parent's workers do not exist there). */
 
-typedef struct {
-    void (*run)(void *args, int64_t chunk);
+#define MAX_THREADS 64
+
+static struct {
+    pthread_mutex_t lock, busy; /* lock guards the fields; busy is held by the call using the pool */
+    pthread_cond_t wake, done;
+    int started;                /* workers running */
+    uint64_t generation;        /* bumped for every job */
+    uint64_t born[MAX_THREADS]; /* the generation when each worker started: earlier jobs are not its own */
+    int helpers, pending;       /* workers asked to help with this job; of those, still working */
+    void (*run)(void *, int64_t);
     void *args;
-    int64_t chunks;
-    int threads;
-    int index;
-} worker_t;
+    int64_t chunks, next;       /* next: the next chunk to take (atomic) */
+} pool;
 
-static void *worker_main(void *p) {
-    worker_t *w = (worker_t *)p;
-    for (int64_t c = w->index; c < w->chunks; c += w->threads) w->run(w->args, c);
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void pool_reset(void) {
+    pthread_mutex_init(&pool.lock, 0);
+    pthread_mutex_init(&pool.busy, 0);
+    pthread_cond_init(&pool.wake, 0);
+    pthread_cond_init(&pool.done, 0);
+    pool.started = 0;
+}
+
+static void pool_init(void) {
+    pool_reset();
+    pthread_atfork(0, 0, pool_reset); /* the child: fresh locks, no workers */
+}
+
+static void take_chunks(void (*run)(void *, int64_t), void *args, int64_t chunks, int64_t *next) {
+    for (int64_t c; (c = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED)) < chunks;) run(args, c);
+}
+
+static void *pool_worker(void *p) {
+    int index = (int)(intptr_t)p;
+    pthread_mutex_lock(&pool.lock);
+    uint64_t seen = pool.born[index];
+    for (;;) {
+        while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+        seen = pool.generation;
+        if (index >= pool.helpers) continue;
+        void (*run)(void *, int64_t) = pool.run;
+        void *args = pool.args;
+        int64_t chunks = pool.chunks;
+        pthread_mutex_unlock(&pool.lock);
+        take_chunks(run, args, chunks, &pool.next);
+        pthread_mutex_lock(&pool.lock);
+        if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+    }
     return 0;
+}
+
+static int start_worker(int index) {
+    pthread_attr_t attr;
+    pthread_t id;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pool.born[index] = pool.generation;
+    int failed = pthread_create(&id, &attr, pool_worker, (void *)(intptr_t)index);
+    pthread_attr_destroy(&attr);
+    return failed;
 }
 
 static void run_chunks(void (*run)(void *, int64_t), void *args, int64_t chunks, int threads) {
     if (threads > chunks) threads = (int)chunks;
-    if (threads > 64) threads = 64;
-    if (threads <= 1) {
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    pthread_once(&pool_once, pool_init);
+    if (threads <= 1 || pthread_mutex_trylock(&pool.busy) != 0) {
         for (int64_t c = 0; c < chunks; ++c) run(args, c);
         return;
     }
-    pthread_t ids[64];
-    worker_t workers[64];
-    int started[64] = {0};
-    for (int i = 0; i < threads; ++i) {
-        workers[i] = (worker_t){run, args, chunks, threads, i};
-        if (i > 0) started[i] = pthread_create(&ids[i], 0, worker_main, &workers[i]) == 0;
-    }
-    worker_main(&workers[0]);
-    for (int i = 1; i < threads; ++i) {
-        if (started[i]) pthread_join(ids[i], 0);
-        else worker_main(&workers[i]); /* could not start a thread: its chunks run here */
-    }
+    pthread_mutex_lock(&pool.lock);
+    while (pool.started < threads - 1 && start_worker(pool.started) == 0) pool.started++;
+    int helpers = pool.started < threads - 1 ? pool.started : threads - 1; /* fewer if a start failed */
+    pool.run = run;
+    pool.args = args;
+    pool.chunks = chunks;
+    pool.next = 0;
+    pool.helpers = pool.pending = helpers;
+    pool.generation++;
+    pthread_cond_broadcast(&pool.wake);
+    pthread_mutex_unlock(&pool.lock);
+    take_chunks(run, args, chunks, &pool.next);
+    pthread_mutex_lock(&pool.lock);
+    while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&pool.busy);
 }
 
 /* ---- per site (one λ) ---------------------------------------------------------------------- */
