@@ -72,17 +72,18 @@ class KGELU(nn.Module):
     @torch.no_grad()
     def set_lambda(self, value: float | torch.Tensor) -> None:
         """Set λ (a number, or a tensor shaped like θ) by writing the θ that produces it."""
-        if isinstance(value, torch.Tensor):
-            if not torch.isfinite(value).all() or (value < 1).any():
-                raise ValueError("λ must be finite and ≥ 1 everywhere")
-            value = value.detach().to(torch.float64).clamp_min(1.0 + 1e-6)
-        else:
-            value = torch.tensor(max(check_lambda(value), 1.0 + 1e-6), dtype=torch.float64)
+        if not isinstance(value, torch.Tensor):
+            # One number: θ in float64 arithmetic, rounded to float32 by fill_ (no tensor ops: the
+            # annealing callback calls this for every site and step). fill_ passes it as a kernel
+            # argument, whereas a copy from (pageable) host memory would wait for the GPU to drain.
+            self.theta.fill_(theta_from_lambda(max(check_lambda(value), 1.0 + 1e-6), self.tau))
+            return
+        if not torch.isfinite(value).all() or (value < 1).any():
+            raise ValueError("λ must be finite and ≥ 1 everywhere")
+        value = value.detach().to(torch.float64).clamp_min(1.0 + 1e-6)
         theta = theta_from_lambda(value, self.tau)
         if theta.numel() == 1 or bool((theta == theta.reshape(-1)[0]).all()):
-            # One value: fill_ passes it as a kernel argument, whereas a copy from (pageable) host
-            # memory would wait for the GPU to drain; the annealing callback calls this every step.
-            self.theta.fill_(theta.reshape(-1)[0].item())  # float32 → double → float32: exact
+            self.theta.fill_(theta.reshape(-1)[0].item())  # one value (see above); float32 → double → float32: exact
             return
         theta = theta.to(device=self.theta.device, dtype=torch.float32).expand(self.theta.shape)
         if is_sharded(self.theta):  # FSDP2: every rank computes the full θ and writes its own shard
