@@ -128,8 +128,9 @@ def kgelu_backward_reference(
 
 def uses_cpu_kernel(x: torch.Tensor, lam: torch.Tensor) -> bool:
     """Whether the compiled CPU kernel (`hf_kgelu.cpu_kernel`) computes this call: float32 CPU
-    tensors, unless the torch path is forced; it is built on the first such call."""
-    return not FORCE_REFERENCE and _cpu_kernel.usable(x, lam)
+    tensors in eager mode, unless the torch path is forced; it is built on the first such call."""
+    # _eager: under torch.compile, export or a dispatch mode the torch path is what they can trace
+    return not FORCE_REFERENCE and _eager(x, lam) and _cpu_kernel.usable(x, lam)
 
 
 class KGeluFunction(torch.autograd.Function):

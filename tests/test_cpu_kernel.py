@@ -100,6 +100,24 @@ def test_non_finite_and_empty_inputs_behave_like_the_torch_path():
     assert dx.shape == (0, 7) and torch.equal(dlam, torch.zeros(7))
 
 
+def test_torch_compile_traces_the_torch_path_without_graph_breaks():
+    # ctypes calls cannot be traced: under torch.compile the op must take the torch path
+    from hf_kgelu import KGELU
+
+    site = KGELU(lambda_init=2.5)
+    x = (torch.randn(6, 33) * 2).requires_grad_()
+    compiled = torch.compile(site, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    y.sum().backward()
+    grads = x.grad.clone(), site.theta.grad.clone()
+    x.grad = site.theta.grad = None
+    eager = site(x)
+    eager.sum().backward()
+    torch.testing.assert_close(y, eager, rtol=2e-6, atol=1e-9)
+    torch.testing.assert_close(grads[0], x.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], site.theta.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_other_dtypes_and_huge_channel_counts_take_the_torch_path():
     assert not uses_cpu_kernel(torch.randn(4, dtype=torch.bfloat16), torch.ones(1))
     assert not uses_cpu_kernel(torch.randn(4, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
