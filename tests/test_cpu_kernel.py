@@ -72,6 +72,36 @@ def test_lambda_gradient_does_not_depend_on_the_thread_count():
         assert torch.equal(results[0][2], other[2])
 
 
+def test_calls_from_several_python_threads_at_once():
+    # ctypes releases the GIL: while one call holds the worker pool, another runs its chunks alone
+    import threading
+
+    torch.manual_seed(3)
+    x, g = torch.randn(400_000), torch.randn(400_000)
+    lams = [torch.tensor([1.0 + k]) for k in range(4)]
+    expected = [(cpu_kernel.forward(x, lam), *cpu_kernel.backward(g, x, lam)) for lam in lams]
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    failures = []
+
+    def work(k):
+        for _ in range(20):
+            got = (cpu_kernel.forward(x, lams[k]), *cpu_kernel.backward(g, x, lams[k]))
+            if not all(torch.equal(a, b) for a, b in zip(got, expected[k])):
+                failures.append(k)
+
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads)
+    finally:
+        torch.set_num_threads(saved)
+    assert not failures
+
+
 def test_autograd_through_kgelu_uses_the_kernel_for_strided_and_broadcast_gradients():
     base = torch.randn(50, 40, requires_grad=True)
     x = base.t()[::2]  # non-contiguous
