@@ -1,6 +1,6 @@
 """CPU path of λ-GELU against torch's GELU: forward+backward time and the ratio to F.gelu.
 
-Variants, all forward+backward through autograd on a float32 tensor:
+Variants, all forward+backward through autograd on a float32 (or --dtype) tensor:
   gelu               F.gelu (exact erf)
   kgelu              hf_kgelu's kgelu, λ learnable (the dλ reduction runs): the compiled CPU
                      kernel (hf_kgelu.cpu_kernel)
@@ -15,6 +15,7 @@ reported.
 
     python benchmarks/bench_cpu.py                   # 1 thread, sizes 2^16, 2^20, 2^22
     python benchmarks/bench_cpu.py --threads 2 --sizes 1048576 --rounds 30
+    python benchmarks/bench_cpu.py --dtype bfloat16
 
 Prints a table and writes a CSV (default outputs/bench/bench_cpu.csv).
 """
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="65536,1048576,4194304")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--csv", default="outputs/bench/bench_cpu.csv")
     args = parser.parse_args(argv)
@@ -105,13 +107,14 @@ def main(argv=None) -> int:
         "naive": lambda x: naive(x, lam),
     }
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = (f"# CPU {platform.processor() or platform.machine()}, {args.threads} thread(s), "
+    dtype = getattr(torch, args.dtype)
+    header = (f"# CPU {platform.processor() or platform.machine()}, {args.dtype}, {args.threads} thread(s), "
               f"capability {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}, {stamp}")
     print(header, flush=True)
     records = []
     for n in (int(s) for s in args.sizes.split(",")):
-        x = torch.randn(n, requires_grad=True)
-        g = torch.randn(n)
+        x = torch.randn(n, dtype=dtype, requires_grad=True)
+        g = torch.randn(n, dtype=dtype)
         samples = {name: [] for name in variants}
         for fn in variants.values():  # warm-up
             fn(x).backward(g)
@@ -124,7 +127,7 @@ def main(argv=None) -> int:
         gelu_ms = statistics.median(samples["gelu"]) * 1e3
         for name in variants:
             ms = statistics.median(samples[name]) * 1e3
-            records.append(dict(elements=n, threads=args.threads, variant=name, fwd_bwd_ms=ms,
+            records.append(dict(elements=n, dtype=args.dtype, threads=args.threads, variant=name, fwd_bwd_ms=ms,
                                 min_ms=min(samples[name]) * 1e3, vs_gelu=ms / gelu_ms))
     os.makedirs(os.path.dirname(os.path.abspath(args.csv)), exist_ok=True)
     with open(args.csv, "w", newline="") as fh:

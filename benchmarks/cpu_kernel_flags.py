@@ -79,8 +79,9 @@ def main(argv=None) -> int:
             gelu = best_us(lambda: F.gelu(x), n) + best_us(lambda: torch.ops.aten.gelu_backward(g, x), n)
             print(f"{n:9d} {'F.gelu, gelu_backward':55} {'':>8} {'':>8} {gelu:8.0f}µs")
             for extra, lib in libraries.items():
-                fwd = best_us(lambda: lib.kgelu_site_forward(x.data_ptr(), y.data_ptr(), n, 1.7, 1), n)
-                bwd = best_us(lambda: lib.kgelu_site_backward(g.data_ptr(), x.data_ptr(), dx.data_ptr(), dlam.data_ptr(), n, 1.7, 1), n)
+                f32 = cpu_kernel._DTYPE_CODES[torch.float32]
+                fwd = best_us(lambda: lib.kgelu_site_forward(x.data_ptr(), y.data_ptr(), n, 1.7, f32, 1), n)
+                bwd = best_us(lambda: lib.kgelu_site_backward(g.data_ptr(), x.data_ptr(), dx.data_ptr(), dlam.data_ptr(), n, 1.7, f32, 1), n)
                 print(f"{n:9d} {extra:55} {fwd:8.0f} {bwd:8.0f} {(fwd + bwd) / gelu:10.2f}")
     return 0
 

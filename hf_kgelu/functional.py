@@ -14,10 +14,10 @@ Dispatch: CUDA tensors (float32/bfloat16/float16) go to the fused Triton kernels
 registered, fake impls from the same bodies), so fullgraph compilation sees ordinary ops; in
 eager mode through `KGeluKernelFunction`, which launches the same kernels with a fraction of
 the custom-op dispatcher's host time per call (it matters: a GPT-2 small step has 12 sites).
-Both work with autocast, checkpointing and CUDA graphs. Float32 CPU tensors go to the compiled
-CPU kernel (`hf_kgelu.cpu_kernel`, one pass each way, built at first use with the machine's C
-compiler). Everything else (half types on CPU, float64, no compiler, no triton) takes the torch
-path below. HF_KGELU_FORCE_REFERENCE=1, read at import, forces the torch path everywhere (for
+Both work with autocast, checkpointing and CUDA graphs. float32, bfloat16 and float16 CPU tensors
+in eager mode go to the compiled CPU kernel (`hf_kgelu.cpu_kernel`, one pass each way, built at
+first use with the machine's C compiler). Everything else (float64, no compiler, no triton,
+torch.compile on CPU) takes the torch path below. HF_KGELU_FORCE_REFERENCE=1, read at import, forces the torch path everywhere (for
 debugging); `hf_kgelu.functional.FORCE_REFERENCE` can also be flipped at run time.
 """
 
@@ -127,15 +127,15 @@ def kgelu_backward_reference(
 
 
 def uses_cpu_kernel(x: torch.Tensor, lam: torch.Tensor) -> bool:
-    """Whether the compiled CPU kernel (`hf_kgelu.cpu_kernel`) computes this call: float32 CPU
-    tensors in eager mode, unless the torch path is forced; it is built on the first such call."""
+    """Whether the compiled CPU kernel (`hf_kgelu.cpu_kernel`) computes this call: float32/bf16/fp16
+    CPU tensors in eager mode, unless the torch path is forced; it is built on the first such call."""
     # _eager: under torch.compile, export or a dispatch mode the torch path is what they can trace
     return not FORCE_REFERENCE and _eager(x, lam) and _cpu_kernel.usable(x, lam)
 
 
 class KGeluFunction(torch.autograd.Function):
-    """Autograd for x·Φ(λx) that saves only x and λ, off the GPU: the compiled CPU kernel for
-    float32, the torch path above for everything else."""
+    """Autograd for x·Φ(λx) that saves only x and λ, off the GPU: the compiled CPU kernel where
+    `uses_cpu_kernel`, the torch path above for everything else."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -146,7 +146,7 @@ class KGeluFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, lam = ctx.saved_tensors
-        backward = _cpu_kernel.backward if ctx.cpu_kernel and grad_out.dtype == torch.float32 else kgelu_backward_reference
+        backward = _cpu_kernel.backward if ctx.cpu_kernel else kgelu_backward_reference
         return backward(grad_out, x, lam, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
 
 

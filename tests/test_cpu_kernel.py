@@ -148,13 +148,59 @@ def test_torch_compile_traces_the_torch_path_without_graph_breaks():
     torch.testing.assert_close(grads[1], site.theta.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_other_dtypes_and_huge_channel_counts_take_the_torch_path():
-    assert not uses_cpu_kernel(torch.randn(4, dtype=torch.bfloat16), torch.ones(1))
+def test_float64_and_huge_channel_counts_take_the_torch_path():
     assert not uses_cpu_kernel(torch.randn(4, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
     wide = cpu_kernel.MAX_CHANNELS + 1
     assert not uses_cpu_kernel(torch.randn(2, wide), torch.ones(wide))
-    x = torch.randn(2, 5, dtype=torch.bfloat16)
-    torch.testing.assert_close(kgelu(x, 2.0), kgelu_forward_reference(x, torch.tensor([2.0])))
+    x = torch.randn(2, wide)
+    torch.testing.assert_close(kgelu(x, torch.full((wide,), 2.0)), kgelu_forward_reference(x, torch.tensor([2.0])))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_half_types_run_in_the_kernel_rounded_once_from_float32(dtype, per_channel):
+    torch.manual_seed(4)
+    x = (torch.randn(33, 129) * 3).to(dtype)
+    lam = torch.linspace(1.5, 40.0, 129) if per_channel else torch.tensor([7.0])
+    assert uses_cpu_kernel(x, lam)
+    g = torch.randn_like(x)
+    y = cpu_kernel.forward(x, lam)
+    dx, dlam = cpu_kernel.backward(g, x, lam)
+    assert y.dtype == dx.dtype == dtype and dlam.dtype == torch.float32
+    # the same float32 math as on float32 copies, rounded once as torch's conversion rounds
+    y32 = cpu_kernel.forward(x.float(), lam)
+    dx32, dlam32 = cpu_kernel.backward(g.float(), x.float(), lam)
+    assert torch.equal(y, y32.to(dtype)) and torch.equal(dx, dx32.to(dtype))
+    torch.testing.assert_close(dlam, dlam32, rtol=1e-6, atol=0)
+    # and the torch path (math in float32, rounded once) agrees within half types' rounding
+    tol = dict(rtol=2 ** -7, atol=1e-3) if dtype == torch.bfloat16 else dict(rtol=2 ** -10, atol=1e-4)
+    torch.testing.assert_close(y, kgelu_forward_reference(x, lam), **tol)
+    dx_t, dlam_t = kgelu_backward_reference(g, x, lam)
+    torch.testing.assert_close(dx, dx_t, **tol)
+    torch.testing.assert_close(dlam, dlam_t, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_half_value_converts_as_torch_does(dtype):
+    # all 65 536 bit patterns (subnormals, ±0, ±inf, NaNs): the kernel's own conversions against
+    # torch's, through a forward and a backward whose float32 math is the float32 path's
+    x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    for lam in (torch.tensor([1.0001]), torch.tensor([300.0])):
+        y, y32 = cpu_kernel.forward(x, lam), cpu_kernel.forward(x.float(), lam).to(dtype)
+        assert torch.equal(y.isnan(), y32.isnan()) and torch.equal(y[~y.isnan()], y32[~y32.isnan()])
+        for scale in (1.0, 6e4):  # 6e4: GELU's slope above 1.09 overflows float16 to inf
+            g = torch.full_like(x, scale)
+            dx, _ = cpu_kernel.backward(g, x, lam)
+            dx32 = cpu_kernel.backward(g.float(), x.float(), lam)[0].to(dtype)
+            assert torch.equal(dx.isnan(), dx32.isnan()) and torch.equal(dx[~dx.isnan()], dx32[~dx32.isnan()])
+
+
+def test_half_nan_and_infinities():
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -3.0, 3.0, 60000.0])
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        y = cpu_kernel.forward(x.to(dtype), torch.tensor([2.0]))
+        y_t = kgelu_forward_reference(x.to(dtype), torch.tensor([2.0]))
+        assert torch.equal(y.isnan(), y_t.isnan()) and torch.equal(y[~y.isnan()], y_t[~y_t.isnan()]), dtype
 
 
 _FORK = """

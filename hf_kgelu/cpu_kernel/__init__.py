@@ -15,7 +15,8 @@ Without a compiler, or when a build fails, a warning says why once and the torch
 (same results, slower). `HF_KGELU_CPU_KERNEL=0` turns the kernel off; the torch path is also
 what `HF_KGELU_FORCE_REFERENCE=1` forces.
 
-Float32, contiguous or not (copied), per site or per channel (λ over the last dimension). Up to
+float32, bfloat16 and float16 tensors, math in float32;
+contiguous or not (copied), per site or per channel (λ over the last dimension). Up to
 `torch.get_num_threads()` threads (the kernel's own pool, one per 64 K elements). The λ
 gradient is summed in double over fixed chunks, then in chunk order: bitwise the same for any
 number of threads.
@@ -47,6 +48,9 @@ DISABLE_ENV = "HF_KGELU_CPU_KERNEL"
 MAX_CHANNELS = 65536  # the per-channel loops keep two rows of λ on the stack
 _MIN_ELEMENTS_PER_THREAD = 65536  # below this, waking a pool thread costs more than it saves
 _CHANNEL_BLOCK_ELEMENTS = 16384  # rows per partial sum: about this many elements
+
+# the C file's DTYPE_* codes
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 _lock = threading.Lock()
 _library: ctypes.CDLL | None = None
@@ -103,10 +107,10 @@ def _build(compiler: str, target: Path) -> None:
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
     signatures = {
-        "kgelu_site_forward": ([p, p, i64, f32, i32], None),
-        "kgelu_site_backward": ([p, p, p, p, i64, f32, i32], i32),
-        "kgelu_channel_forward": ([p, p, p, i64, i64, i64, i32], None),
-        "kgelu_channel_backward": ([p, p, p, p, p, i64, i64, i64, i32], i32),
+        "kgelu_site_forward": ([p, p, i64, f32, i32, i32], i32),
+        "kgelu_site_backward": ([p, p, p, p, i64, f32, i32, i32], i32),
+        "kgelu_channel_forward": ([p, p, p, i64, i64, i64, i32, i32], i32),
+        "kgelu_channel_backward": ([p, p, p, p, p, i64, i64, i64, i32, i32], i32),
     }
     for name, (args, result) in signatures.items():
         fn = getattr(lib, name)
@@ -158,16 +162,23 @@ def reset() -> None:
 
 
 def usable(x: torch.Tensor, lam: torch.Tensor) -> bool:
-    """Whether the kernel takes this call: float32 CPU tensors, λ of shape (1,) or (C,) with
-    C ≤ MAX_CHANNELS, and the kernel built."""
+    """Whether the kernel takes this call: CPU tensors, x float32, bfloat16 or float16, λ float32
+    of shape (1,) or (C,) with C ≤ MAX_CHANNELS, and the kernel built."""
     return (
-        x.dtype == torch.float32
+        x.dtype in _DTYPE_CODES
         and lam.dtype == torch.float32
         and x.device.type == "cpu"
         and lam.device.type == "cpu"
         and lam.numel() <= MAX_CHANNELS
         and load() is not None
     )
+
+
+def _check_status(status: int) -> None:
+    if status == -1:
+        raise MemoryError("hf_kgelu's CPU kernel could not allocate the scratch for the λ gradient's partial sums")
+    if status != 0:
+        raise RuntimeError(f"hf_kgelu's CPU kernel refused the call (status {status}); call it only where usable() is true")
 
 
 def _threads(n: int) -> int:
@@ -179,21 +190,24 @@ def _channel_block_rows(cols: int) -> int:
 
 
 def forward(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """x·Φ(λx) for float32 CPU x (any shape; a non-contiguous x is copied), λ of shape (1,) or
-    (C,) over x's last dimension."""
+    """x·Φ(λx) in x's dtype for a CPU x that `usable` accepts (any shape; a non-contiguous x is
+    copied), λ of shape (1,) or (C,) over x's last dimension."""
     lib = load()
     x = x.contiguous()
     y = torch.empty_like(x)
     n = x.numel()
     if n == 0:
         return y
+    dtype = _DTYPE_CODES[x.dtype]
     if lam.numel() == 1:
-        lib.kgelu_site_forward(x.data_ptr(), y.data_ptr(), n, float(lam), _threads(n))
+        status = lib.kgelu_site_forward(x.data_ptr(), y.data_ptr(), n, float(lam), dtype, _threads(n))
     else:
         lam = lam.contiguous()
         cols = lam.numel()
-        rows = n // cols
-        lib.kgelu_channel_forward(x.data_ptr(), lam.data_ptr(), y.data_ptr(), rows, cols, _channel_block_rows(cols), _threads(n))
+        status = lib.kgelu_channel_forward(
+            x.data_ptr(), lam.data_ptr(), y.data_ptr(), n // cols, cols, _channel_block_rows(cols), dtype, _threads(n)
+        )
+    _check_status(status)
     return y
 
 
@@ -206,20 +220,21 @@ def backward(
         return None, None
     lib = load()
     x = x.contiguous()
-    grad_out = grad_out.contiguous()  # e.g. the stride-0 gradient of a .sum()
+    grad_out = grad_out.to(x.dtype).contiguous()  # e.g. the stride-0 gradient of a .sum()
+    dtype = _DTYPE_CODES[x.dtype]
     n = x.numel()
     dx = torch.empty_like(x) if need_x else None
     grad_lam = torch.empty_like(lam, dtype=torch.float32) if need_lam else None
     dx_ptr = dx.data_ptr() if need_x else None
     lam_ptr = grad_lam.data_ptr() if need_lam else None
     if lam.numel() == 1:
-        status = lib.kgelu_site_backward(grad_out.data_ptr(), x.data_ptr(), dx_ptr, lam_ptr, n, float(lam), _threads(n))
+        status = lib.kgelu_site_backward(grad_out.data_ptr(), x.data_ptr(), dx_ptr, lam_ptr, n, float(lam), dtype, _threads(n))
     else:
         lam = lam.contiguous()
         cols = lam.numel()
         status = lib.kgelu_channel_backward(
-            grad_out.data_ptr(), x.data_ptr(), lam.data_ptr(), dx_ptr, lam_ptr, n // cols, cols, _channel_block_rows(cols), _threads(n)
+            grad_out.data_ptr(), x.data_ptr(), lam.data_ptr(), dx_ptr, lam_ptr, n // cols, cols, _channel_block_rows(cols),
+            dtype, _threads(n),
         )
-    if status != 0:
-        raise MemoryError("hf_kgelu's CPU kernel could not allocate the scratch for the λ gradient's partial sums")
+    _check_status(status)
     return dx, grad_lam

@@ -1,5 +1,5 @@
-/* λ-GELU on the CPU, float32: y = x·Φ(λx), and its backward (dx, and dλ summed per site or per
- * channel), in one pass over memory each way.
+/* λ-GELU on the CPU: y = x·Φ(λx), and its backward (dx, and dλ summed per site or per channel),
+ * in one pass over memory each way; float32, bfloat16 and float16 tensors, math in float32.
  *
  * Built at first use by hf_kgelu/cpu_kernel/__init__.py with the machine's C compiler
  * (-O3 -march=native); no torch headers. The loops are written so that the compiler vectorises
@@ -227,71 +227,200 @@ static void run_chunks(void (*run)(void *, int64_t), void *args, int64_t chunks,
     pthread_mutex_unlock(&pool.busy);
 }
 
+/* ---- element types: float32, bfloat16, float16 (math in float32, as on the GPU) ---------- */
+
+enum { DTYPE_F32 = 0, DTYPE_BF16 = 1, DTYPE_F16 = 2 };
+
+static inline float load_f32(const void *p, int64_t i) { return ((const float *)p)[i]; }
+static inline void store_f32(void *p, int64_t i, float v) { ((float *)p)[i] = v; }
+
+static inline float load_bf16(const void *p, int64_t i) {
+    uint32_t bits = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+/* round to nearest even, NaN to 0x7FC0: what torch's float → bfloat16 conversion does */
+static inline void store_bf16(void *p, int64_t i, float v) {
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    ((uint16_t *)p)[i] = (uint16_t)(v != v ? 0x7FC0u : rounded);
+}
+
+/* IEEE half by bit operations (they vectorise; a compiler's _Float16 conversions may call a
+ * library function per element). Decoding: shift exponent and mantissa into place and rescale by
+ * 2^112, which also normalises subnormals; infinities and NaN keep an all-ones exponent. */
+static inline float load_f16(const void *p, int64_t i) {
+    uint32_t h = ((const uint16_t *)p)[i];
+    uint32_t magnitude = (h & 0x7FFFu) << 13;
+    float v;
+    memcpy(&v, &magnitude, sizeof v);
+    v *= 0x1p112f;
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    bits |= (h & 0x7C00u) == 0x7C00u ? 0x7F800000u : 0u;
+    bits |= (h & 0x8000u) << 16;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+/* Encoding, rounding to nearest even: normals by integer rounding of the shifted bits,
+ * subnormals by a float addition that lands the value in the half's subnormal grid, overflow to
+ * ±inf, NaN to 0x7E00 (as torch). */
+static inline void store_f16(void *p, int64_t i, float v) {
+    uint32_t f;
+    memcpy(&f, &v, sizeof f);
+    uint32_t sign = (f >> 16) & 0x8000u;
+    f &= 0x7FFFFFFFu;
+    float magnitude;
+    memcpy(&magnitude, &f, sizeof magnitude);
+    float shifted = magnitude + 0.5f; /* < 2^-14: the half subnormal's bits end up in the low bits */
+    uint32_t subnormal;
+    memcpy(&subnormal, &shifted, sizeof subnormal);
+    subnormal -= 0x3F000000u;
+    uint32_t normal = (f + 0xC8000FFFu + ((f >> 13) & 1u)) >> 13; /* rebias (15 − 127) << 23, round */
+    uint32_t h = f < 0x38800000u ? subnormal : normal;
+    h = f >= 0x47800000u ? (f > 0x7F800000u ? 0x7E00u : 0x7C00u) : h;
+    ((uint16_t *)p)[i] = (uint16_t)(h | sign);
+}
+
 /* ---- per site (one λ) ---------------------------------------------------------------------- */
 
 typedef struct {
-    const float *x, *g;
-    float *y;
+    const void *x, *g;
+    void *y;
     double *partials;
     int64_t n;
     float s, lam;
 } site_args_t;
 
-static void site_forward_chunk(void *p, int64_t chunk) {
-    site_args_t *a = (site_args_t *)p;
-    int64_t lo = chunk * SITE_CHUNK, hi = lo + SITE_CHUNK < a->n ? lo + SITE_CHUNK : a->n;
-    const float *x = a->x;
-    float *y = a->y;
-    float s = a->s;
-#pragma omp simd
-    for (int64_t i = lo; i < hi; ++i) y[i] = forward_one(x[i], s);
+/* ---- per channel (λ over the last dimension of a row-major (rows, cols) array) ----------- */
+
+typedef struct {
+    const void *x, *g;
+    const float *lam;
+    void *y;
+    double *partials; /* (row blocks, cols) */
+    int64_t rows, cols, block_rows;
+} channel_args_t;
+
+/* The rows [*r0, *r1) of a per-channel chunk, and s[c] = λ[c]/√2 for its columns. */
+static inline void channel_chunk_setup(const channel_args_t *a, int64_t chunk, int64_t *r0, int64_t *r1, float *s) {
+    *r0 = chunk * a->block_rows;
+    *r1 = *r0 + a->block_rows < a->rows ? *r0 + a->block_rows : a->rows;
+    for (int64_t c = 0; c < a->cols; ++c) s[c] = a->lam[c] * INV_SQRT2;
 }
 
-static void site_backward_chunk(void *p, int64_t chunk) {
-    site_args_t *a = (site_args_t *)p;
-    int64_t lo = chunk * SITE_CHUNK, hi = lo + SITE_CHUNK < a->n ? lo + SITE_CHUNK : a->n;
-    const float *x = a->x, *g = a->g;
-    float *dx = a->y; /* NULL: only dλ wanted */
-    float s = a->s, lam = a->lam;
-    double acc[LANES] = {0};
-    float terms[256];
-    for (int64_t start = lo; start < hi; start += 256) {
-        int64_t len = hi - start < 256 ? hi - start : 256;
-        if (dx) {
-#pragma omp simd
-            for (int64_t i = 0; i < len; ++i) dx[start + i] = backward_one(g[start + i], x[start + i], s, lam, &terms[i]);
-        } else {
-#pragma omp simd
-            for (int64_t i = 0; i < len; ++i) (void)backward_one(g[start + i], x[start + i], s, lam, &terms[i]);
-        }
-        if (!a->partials) continue;
-        int64_t full = len - len % LANES;
-        for (int64_t i = 0; i < full; i += LANES)
-            for (int j = 0; j < LANES; ++j) acc[j] += (double)terms[i + j];
-        for (int64_t i = full; i < len; ++i) acc[i - full] += (double)terms[i];
+/* The four chunk functions for one element type T (load_T, store_T). */
+#define DEFINE_CHUNKS(T)                                                                                        \
+    static void site_forward_chunk_##T(void *p, int64_t chunk) {                                                \
+        site_args_t *a = (site_args_t *)p;                                                                      \
+        int64_t lo = chunk * SITE_CHUNK, hi = lo + SITE_CHUNK < a->n ? lo + SITE_CHUNK : a->n;                  \
+        const void *x = a->x;                                                                                   \
+        void *y = a->y;                                                                                         \
+        float s = a->s;                                                                                         \
+        _Pragma("omp simd") for (int64_t i = lo; i < hi; ++i) store_##T(y, i, forward_one(load_##T(x, i), s));  \
+    }                                                                                                           \
+                                                                                                                \
+    static void site_backward_chunk_##T(void *p, int64_t chunk) {                                               \
+        site_args_t *a = (site_args_t *)p;                                                                      \
+        int64_t lo = chunk * SITE_CHUNK, hi = lo + SITE_CHUNK < a->n ? lo + SITE_CHUNK : a->n;                  \
+        const void *x = a->x, *g = a->g;                                                                        \
+        void *dx = a->y; /* NULL: only dλ wanted */                                                             \
+        float s = a->s, lam = a->lam;                                                                           \
+        double acc[LANES] = {0};                                                                                \
+        float terms[256];                                                                                       \
+        for (int64_t start = lo; start < hi; start += 256) {                                                    \
+            int64_t len = hi - start < 256 ? hi - start : 256;                                                  \
+            if (dx) {                                                                                           \
+                _Pragma("omp simd") for (int64_t i = 0; i < len; ++i) store_##T(                                \
+                    dx, start + i, backward_one(load_##T(g, start + i), load_##T(x, start + i), s, lam, &terms[i])); \
+            } else {                                                                                            \
+                _Pragma("omp simd") for (int64_t i = 0; i < len; ++i)                                           \
+                    (void)backward_one(load_##T(g, start + i), load_##T(x, start + i), s, lam, &terms[i]);      \
+            }                                                                                                   \
+            if (!a->partials) continue;                                                                         \
+            int64_t full = len - len % LANES;                                                                   \
+            for (int64_t i = 0; i < full; i += LANES)                                                           \
+                for (int j = 0; j < LANES; ++j) acc[j] += (double)terms[i + j];                                 \
+            for (int64_t i = full; i < len; ++i) acc[i - full] += (double)terms[i];                             \
+        }                                                                                                       \
+        if (a->partials) {                                                                                      \
+            double sum = 0.0;                                                                                   \
+            for (int j = 0; j < LANES; ++j) sum += acc[j];                                                      \
+            a->partials[chunk] = sum;                                                                           \
+        }                                                                                                       \
+    }                                                                                                           \
+                                                                                                                \
+    static void channel_forward_chunk_##T(void *p, int64_t chunk) {                                             \
+        channel_args_t *a = (channel_args_t *)p;                                                                \
+        int64_t r0, r1, cols = a->cols;                                                                         \
+        float s[cols > 0 ? cols : 1];                                                                           \
+        channel_chunk_setup(a, chunk, &r0, &r1, s);                                                             \
+        for (int64_t r = r0; r < r1; ++r) {                                                                     \
+            int64_t row = r * cols;                                                                             \
+            _Pragma("omp simd") for (int64_t c = 0; c < cols; ++c)                                              \
+                store_##T(a->y, row + c, forward_one(load_##T(a->x, row + c), s[c]));                           \
+        }                                                                                                       \
+    }                                                                                                           \
+                                                                                                                \
+    static void channel_backward_chunk_##T(void *p, int64_t chunk) {                                            \
+        channel_args_t *a = (channel_args_t *)p;                                                                \
+        int64_t r0, r1, cols = a->cols;                                                                         \
+        float s[cols > 0 ? cols : 1], terms[cols > 0 ? cols : 1];                                               \
+        const float *lam = a->lam;                                                                              \
+        double *acc = a->partials ? a->partials + chunk * cols : 0;                                             \
+        channel_chunk_setup(a, chunk, &r0, &r1, s);                                                             \
+        if (acc)                                                                                                \
+            for (int64_t c = 0; c < cols; ++c) acc[c] = 0.0;                                                    \
+        for (int64_t r = r0; r < r1; ++r) {                                                                     \
+            int64_t row = r * cols;                                                                             \
+            if (a->y) {                                                                                         \
+                _Pragma("omp simd") for (int64_t c = 0; c < cols; ++c) store_##T(                               \
+                    a->y, row + c, backward_one(load_##T(a->g, row + c), load_##T(a->x, row + c), s[c], lam[c], &terms[c])); \
+            } else {                                                                                            \
+                _Pragma("omp simd") for (int64_t c = 0; c < cols; ++c)                                          \
+                    (void)backward_one(load_##T(a->g, row + c), load_##T(a->x, row + c), s[c], lam[c], &terms[c]); \
+            }                                                                                                   \
+            if (acc) _Pragma("omp simd") for (int64_t c = 0; c < cols; ++c) acc[c] += (double)terms[c];         \
+        }                                                                                                       \
     }
-    if (a->partials) {
-        double sum = 0.0;
-        for (int j = 0; j < LANES; ++j) sum += acc[j];
-        a->partials[chunk] = sum;
-    }
-}
 
-int64_t kgelu_site_chunks(int64_t n) { return (n + SITE_CHUNK - 1) / SITE_CHUNK; }
+DEFINE_CHUNKS(f32)
+DEFINE_CHUNKS(bf16)
+DEFINE_CHUNKS(f16)
 
-void kgelu_site_forward(const float *x, float *y, int64_t n, float lam, int threads) {
+typedef void (*chunk_fn)(void *, int64_t);
+static const chunk_fn site_forward_chunks[3] = {site_forward_chunk_f32, site_forward_chunk_bf16, site_forward_chunk_f16};
+static const chunk_fn site_backward_chunks[3] = {site_backward_chunk_f32, site_backward_chunk_bf16, site_backward_chunk_f16};
+static const chunk_fn channel_forward_chunks[3] = {channel_forward_chunk_f32, channel_forward_chunk_bf16, channel_forward_chunk_f16};
+static const chunk_fn channel_backward_chunks[3] = {channel_backward_chunk_f32, channel_backward_chunk_bf16, channel_backward_chunk_f16};
+
+static int bad_dtype(int dtype) { return dtype < 0 || dtype > 2; }
+
+/* ---- entry points: x, g, y and dx have the element type `dtype` (DTYPE_*); λ and dλ are
+ * float32. Each returns 0, −1 when the scratch for the partial sums cannot be allocated, or −2
+ * for an unknown element type. */
+
+static int64_t site_chunks(int64_t n) { return (n + SITE_CHUNK - 1) / SITE_CHUNK; }
+
+int kgelu_site_forward(const void *x, void *y, int64_t n, float lam, int dtype, int threads) {
+    if (bad_dtype(dtype)) return -2;
     site_args_t a = {x, 0, y, 0, n, lam * INV_SQRT2, lam};
-    run_chunks(site_forward_chunk, &a, kgelu_site_chunks(n), threads);
+    run_chunks(site_forward_chunks[dtype], &a, site_chunks(n), threads);
+    return 0;
 }
 
-/* dx into `dx` and dλ = Σ g·x²·φ(λx) into *dlam; either may be NULL. 0 on success, −1 when the
- * scratch for the partial sums cannot be allocated. */
-int kgelu_site_backward(const float *g, const float *x, float *dx, float *dlam, int64_t n, float lam, int threads) {
-    int64_t chunks = kgelu_site_chunks(n);
+/* dx into `dx` and dλ = Σ g·x²·φ(λx) into *dlam; either may be NULL */
+int kgelu_site_backward(const void *g, const void *x, void *dx, float *dlam, int64_t n, float lam, int dtype, int threads) {
+    if (bad_dtype(dtype)) return -2;
+    int64_t chunks = site_chunks(n);
     double *partials = 0;
     if (dlam && chunks && !(partials = (double *)malloc((size_t)chunks * sizeof(double)))) return -1;
     site_args_t a = {x, g, dx, partials, n, lam * INV_SQRT2, lam};
-    run_chunks(site_backward_chunk, &a, chunks, threads);
+    run_chunks(site_backward_chunks[dtype], &a, chunks, threads);
     if (dlam) {
         double sum = 0.0;
         for (int64_t c = 0; c < chunks; ++c) sum += partials[c]; /* chunk order: thread-count independent */
@@ -301,70 +430,25 @@ int kgelu_site_backward(const float *g, const float *x, float *dx, float *dlam, 
     return 0;
 }
 
-/* ---- per channel (λ over the last dimension of a row-major (rows, cols) array) ----------- */
+static int64_t channel_chunks(int64_t rows, int64_t block_rows) { return (rows + block_rows - 1) / block_rows; }
 
-typedef struct {
-    const float *x, *g, *lam;
-    float *y;
-    double *partials; /* (row blocks, cols) */
-    int64_t rows, cols, block_rows;
-} channel_args_t;
-
-static void channel_forward_chunk(void *p, int64_t chunk) {
-    channel_args_t *a = (channel_args_t *)p;
-    int64_t r0 = chunk * a->block_rows, r1 = r0 + a->block_rows < a->rows ? r0 + a->block_rows : a->rows;
-    int64_t cols = a->cols;
-    float s[cols > 0 ? cols : 1];
-    for (int64_t c = 0; c < cols; ++c) s[c] = a->lam[c] * INV_SQRT2;
-    for (int64_t r = r0; r < r1; ++r) {
-        const float *x = a->x + r * cols;
-        float *y = a->y + r * cols;
-#pragma omp simd
-        for (int64_t c = 0; c < cols; ++c) y[c] = forward_one(x[c], s[c]);
-    }
-}
-
-static void channel_backward_chunk(void *p, int64_t chunk) {
-    channel_args_t *a = (channel_args_t *)p;
-    int64_t r0 = chunk * a->block_rows, r1 = r0 + a->block_rows < a->rows ? r0 + a->block_rows : a->rows;
-    int64_t cols = a->cols;
-    float s[cols > 0 ? cols : 1], terms[cols > 0 ? cols : 1];
-    double *acc = a->partials ? a->partials + chunk * cols : 0;
-    for (int64_t c = 0; c < cols; ++c) s[c] = a->lam[c] * INV_SQRT2;
-    if (acc)
-        for (int64_t c = 0; c < cols; ++c) acc[c] = 0.0;
-    for (int64_t r = r0; r < r1; ++r) {
-        const float *x = a->x + r * cols, *g = a->g + r * cols, *lam = a->lam;
-        float *dx = a->y ? a->y + r * cols : 0;
-        if (dx) {
-#pragma omp simd
-            for (int64_t c = 0; c < cols; ++c) dx[c] = backward_one(g[c], x[c], s[c], lam[c], &terms[c]);
-        } else {
-#pragma omp simd
-            for (int64_t c = 0; c < cols; ++c) (void)backward_one(g[c], x[c], s[c], lam[c], &terms[c]);
-        }
-        if (acc)
-#pragma omp simd
-            for (int64_t c = 0; c < cols; ++c) acc[c] += (double)terms[c];
-    }
-}
-
-int64_t kgelu_channel_chunks(int64_t rows, int64_t block_rows) { return (rows + block_rows - 1) / block_rows; }
-
-void kgelu_channel_forward(const float *x, const float *lam, float *y, int64_t rows, int64_t cols, int64_t block_rows, int threads) {
+int kgelu_channel_forward(const void *x, const float *lam, void *y, int64_t rows, int64_t cols, int64_t block_rows, int dtype,
+                          int threads) {
+    if (bad_dtype(dtype)) return -2;
     channel_args_t a = {x, 0, lam, y, 0, rows, cols, block_rows};
-    run_chunks(channel_forward_chunk, &a, kgelu_channel_chunks(rows, block_rows), threads);
+    run_chunks(channel_forward_chunks[dtype], &a, channel_chunks(rows, block_rows), threads);
+    return 0;
 }
 
-/* dx into `dx` and dλ[c] = Σ_rows g·x²·φ(λx) into `dlam` (cols floats); either may be NULL.
- * 0 on success, −1 when the scratch for the partial sums cannot be allocated. */
-int kgelu_channel_backward(const float *g, const float *x, const float *lam, float *dx, float *dlam, int64_t rows,
-                           int64_t cols, int64_t block_rows, int threads) {
-    int64_t chunks = kgelu_channel_chunks(rows, block_rows);
+/* dx into `dx` and dλ[c] = Σ_rows g·x²·φ(λx) into `dlam` (cols floats); either may be NULL */
+int kgelu_channel_backward(const void *g, const void *x, const float *lam, void *dx, float *dlam, int64_t rows, int64_t cols,
+                           int64_t block_rows, int dtype, int threads) {
+    if (bad_dtype(dtype)) return -2;
+    int64_t chunks = channel_chunks(rows, block_rows);
     double *partials = 0;
     if (dlam && chunks && !(partials = (double *)malloc((size_t)(chunks * cols) * sizeof(double)))) return -1;
     channel_args_t a = {x, g, lam, dx, partials, rows, cols, block_rows};
-    run_chunks(channel_backward_chunk, &a, chunks, threads);
+    run_chunks(channel_backward_chunks[dtype], &a, chunks, threads);
     if (dlam) {
         for (int64_t c = 0; c < cols; ++c) {
             double sum = 0.0;
