@@ -34,7 +34,7 @@ VARIANTS = "base;-mprefer-vector-width=256;-DKGELU_NEWTON_RECIPROCAL;-DKGELU_NEW
 def build(extra: str, folder: str) -> ctypes.CDLL:
     target = os.path.join(folder, f"variant{abs(hash(extra))}.so")
     flags = [] if extra == "base" else extra.split()
-    subprocess.run([cpu_kernel._compiler(), *cpu_kernel.CFLAGS, *flags, "-o", target, str(cpu_kernel.SOURCE), "-lm"], check=True)
+    subprocess.run([*cpu_kernel._compiler(), *cpu_kernel.CFLAGS, *flags, "-o", target, str(cpu_kernel.SOURCE), "-lm"], check=True)
     return cpu_kernel._declare(ctypes.CDLL(target))
 
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     compiler = cpu_kernel._compiler()
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     print(f"# {cpu_name()}; {version}; 1 thread; µs, best of 7")
     print(f"{'elements':>9} {'variant':55} {'fwd':>8} {'bwd':>8} {'f+b / gelu':>10}")
     with tempfile.TemporaryDirectory() as folder:

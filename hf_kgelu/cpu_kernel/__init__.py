@@ -5,18 +5,17 @@ forward needs it, so a torch-op path cannot come within 2× of `F.gelu`. This ke
 direction in one vectorised pass over memory (see the C file for the math and its error).
 
 Build: the machine's C compiler (`$CC`, else `cc`, `gcc` or `clang`) with `-O3 -march=native`
-(512-bit vectors where the CPU has them),
-into a cache folder (`$HF_KGELU_CACHE`, else `$XDG_CACHE_HOME/hf_kgelu`, else
-`~/.cache/hf_kgelu`), keyed by the source, the flags, the compiler and this CPU's features, and
-written atomically (a temporary file, then a rename), so concurrent processes are safe. No torch
-headers: a build takes well under a second.
+(512-bit vectors where the CPU has them), into a cache folder (`$HF_KGELU_CACHE`, else
+`$XDG_CACHE_HOME/hf_kgelu`, else `~/.cache/hf_kgelu`), keyed by the source, the flags, the
+compiler and this CPU's features, and written atomically (a temporary file, then a rename), so
+concurrent processes are safe. No torch headers: a build takes well under a second.
 
 Without a compiler, or when a build fails, a warning says why once and the torch path serves
 (same results, slower). `HF_KGELU_CPU_KERNEL=0` turns the kernel off; the torch path is also
 what `HF_KGELU_FORCE_REFERENCE=1` forces.
 
-float32, bfloat16 and float16 tensors, math in float32;
-contiguous or not (copied), per site or per channel (λ over the last dimension). Up to
+float32, bfloat16 and float16 tensors, math in float32; contiguous or not (copied); per site or
+per channel (λ over the last dimension). Up to
 `torch.get_num_threads()` threads (the kernel's own pool, one per 64 K elements). The λ
 gradient is summed in double over fixed chunks, then in chunk order: bitwise the same for any
 number of threads.
@@ -28,6 +27,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -39,8 +39,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("kgelu_cpu.c")
 # -mprefer-vector-width=512 (x86 only): gcc's -march=native keeps 256-bit vectors on Intel
-# AVX-512 CPUs, which made the kernel 1.6× slower on a Xeon (benchmarks/cpu_kernel_flags.py);
-# neutral on AMD, ignored without AVX-512.
+# AVX-512 CPUs; 256-bit vectors made the kernel 1.4–1.8× slower on a Xeon and an EPYC alike
+# (benchmarks/cpu_kernel_flags.py). Ignored without AVX-512.
 CFLAGS = (
     "-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd", "-pthread", "-std=gnu11",
 ) + (("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ())
@@ -65,8 +65,13 @@ def cache_dir() -> Path:
     return Path(base) / "hf_kgelu"
 
 
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+def _compiler() -> list[str] | None:
+    """The compiler's command: `$CC` (which may carry arguments, e.g. "ccache gcc"), else the
+    first of cc, gcc, clang on the PATH."""
+    if os.environ.get("CC"):
+        return shlex.split(os.environ["CC"])
+    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    return [found] if found else None
 
 
 def _cpu_features() -> str:
@@ -82,22 +87,23 @@ def _cpu_features() -> str:
     return platform.processor() + platform.machine()
 
 
-def library_path(compiler: str) -> Path:
+def library_path(compiler: list[str]) -> Path:
+    program = os.path.realpath(shutil.which(compiler[0]) or compiler[0])
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), os.path.realpath(compiler).encode(), _cpu_features().encode()):
+    for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), " ".join([program, *compiler[1:]]).encode(), _cpu_features().encode()):
         key.update(part)
         key.update(b"\0")
     return cache_dir() / f"kgelu_cpu-{platform.machine()}-{key.hexdigest()[:16]}.so"
 
 
-def _build(compiler: str, target: Path) -> None:
+def _build(compiler: list[str], target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *CFLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([*compiler, *CFLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
-            raise RuntimeError(f"{compiler} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{' '.join(compiler)} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)  # atomic: another process sees the old state or the whole file
     finally:
         if os.path.exists(tmp):
