@@ -174,3 +174,14 @@ def test_init_profiles_drift_and_spearman():
     scipy_stats = pytest.importorskip("scipy.stats")
     a, b = [1.2, 3.4, 3.4, 0.5, 2.2], [2.0, 1.0, 4.0, 0.1, 3.0]
     assert spearman_rho(a, b) == pytest.approx(scipy_stats.spearmanr(a, b).statistic)
+
+
+def test_set_lambda_from_a_number_writes_the_same_theta_as_from_a_tensor():
+    # the annealing callback passes numbers (the float path, no tensor ops); both paths must
+    # write bitwise the same θ, so runs and resumes agree whichever path set λ
+    site = KGELU()
+    for lam in torch.logspace(-6, 4, 2000, dtype=torch.float64).add(1.0).tolist():
+        site.set_lambda(lam)
+        from_number = site.theta.detach().clone()
+        site.set_lambda(torch.tensor([lam], dtype=torch.float64))
+        assert torch.equal(site.theta.detach(), from_number), lam
