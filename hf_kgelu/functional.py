@@ -17,8 +17,9 @@ the custom-op dispatcher's host time per call (it matters: a GPT-2 small step ha
 Both work with autocast, checkpointing and CUDA graphs. float32, bfloat16 and float16 CPU tensors
 in eager mode go to the compiled CPU kernel (`hf_kgelu.cpu_kernel`, one pass each way, built at
 first use with the machine's C compiler). Everything else (float64, no compiler, no triton,
-torch.compile on CPU) takes the torch path below. HF_KGELU_FORCE_REFERENCE=1, read at import, forces the torch path everywhere (for
-debugging); `hf_kgelu.functional.FORCE_REFERENCE` can also be flipped at run time.
+torch.compile on CPU) takes the torch path below. HF_KGELU_FORCE_REFERENCE=1, read at import,
+forces the torch path everywhere (for debugging); `hf_kgelu.functional.FORCE_REFERENCE` can also
+be flipped at run time.
 """
 
 from __future__ import annotations

@@ -413,21 +413,28 @@ int kgelu_site_forward(const void *x, void *y, int64_t n, float lam, int dtype, 
     return 0;
 }
 
+/* Runs a backward's chunks with a (chunks, cols) double scratch for their partial sums (written
+ * into *partials, which `args` holds), then dlam[c] = Σ over chunks, in chunk order, · 1/√(2π).
+ * With dlam NULL there is no scratch and no sum. */
+static int run_summed(chunk_fn run, void *args, double **partials, int64_t chunks, int64_t cols, float *dlam, int threads) {
+    if (dlam && chunks && !(*partials = (double *)malloc((size_t)(chunks * cols) * sizeof(double)))) return -1;
+    run_chunks(run, args, chunks, threads);
+    if (dlam) {
+        for (int64_t c = 0; c < cols; ++c) {
+            double sum = 0.0;
+            for (int64_t k = 0; k < chunks; ++k) sum += (*partials)[k * cols + c]; /* chunk order: thread-count independent */
+            dlam[c] = (float)(sum * INV_SQRT_2PI_D);
+        }
+        free(*partials);
+    }
+    return 0;
+}
+
 /* dx into `dx` and dλ = Σ g·x²·φ(λx) into *dlam; either may be NULL */
 int kgelu_site_backward(const void *g, const void *x, void *dx, float *dlam, int64_t n, float lam, int dtype, int threads) {
     if (bad_dtype(dtype)) return -2;
-    int64_t chunks = site_chunks(n);
-    double *partials = 0;
-    if (dlam && chunks && !(partials = (double *)malloc((size_t)chunks * sizeof(double)))) return -1;
-    site_args_t a = {x, g, dx, partials, n, lam * INV_SQRT2, lam};
-    run_chunks(site_backward_chunks[dtype], &a, chunks, threads);
-    if (dlam) {
-        double sum = 0.0;
-        for (int64_t c = 0; c < chunks; ++c) sum += partials[c]; /* chunk order: thread-count independent */
-        *dlam = (float)(sum * INV_SQRT_2PI_D);
-        free(partials);
-    }
-    return 0;
+    site_args_t a = {x, g, dx, 0, n, lam * INV_SQRT2, lam};
+    return run_summed(site_backward_chunks[dtype], &a, &a.partials, site_chunks(n), 1, dlam, threads);
 }
 
 static int64_t channel_chunks(int64_t rows, int64_t block_rows) { return (rows + block_rows - 1) / block_rows; }
@@ -444,18 +451,6 @@ int kgelu_channel_forward(const void *x, const float *lam, void *y, int64_t rows
 int kgelu_channel_backward(const void *g, const void *x, const float *lam, void *dx, float *dlam, int64_t rows, int64_t cols,
                            int64_t block_rows, int dtype, int threads) {
     if (bad_dtype(dtype)) return -2;
-    int64_t chunks = channel_chunks(rows, block_rows);
-    double *partials = 0;
-    if (dlam && chunks && !(partials = (double *)malloc((size_t)(chunks * cols) * sizeof(double)))) return -1;
-    channel_args_t a = {x, g, lam, dx, partials, rows, cols, block_rows};
-    run_chunks(channel_backward_chunks[dtype], &a, chunks, threads);
-    if (dlam) {
-        for (int64_t c = 0; c < cols; ++c) {
-            double sum = 0.0;
-            for (int64_t k = 0; k < chunks; ++k) sum += partials[k * cols + c];
-            dlam[c] = (float)(sum * INV_SQRT_2PI_D);
-        }
-        free(partials);
-    }
-    return 0;
+    channel_args_t a = {x, g, lam, dx, 0, rows, cols, block_rows};
+    return run_summed(channel_backward_chunks[dtype], &a, &a.partials, channel_chunks(rows, block_rows), cols, dlam, threads);
 }
