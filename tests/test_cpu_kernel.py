@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from build_probe import run_probe
 from hf_kgelu import cpu_kernel
 from hf_kgelu.functional import kgelu, kgelu_backward_reference, kgelu_forward_reference, uses_cpu_kernel
 
@@ -241,10 +242,7 @@ torch.testing.assert_close(y, kgelu_forward_reference(x, torch.tensor([1.5])), r
 
 
 def _probe(cache, **env):
-    full_env = {**os.environ, "HF_KGELU_CACHE": str(cache), "PYTHONPATH": REPO, **env}
-    done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=full_env, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.split()
+    return run_probe(_PROBE, cache, **env)
 
 
 def test_built_once_into_the_cache_then_reused(tmp_path):

@@ -24,18 +24,15 @@ number of threads.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import platform
-import shlex
-import shutil
-import subprocess
-import tempfile
 import threading
 import warnings
 from pathlib import Path
 
 import torch
+
+from ..build_cache import build, cached_path, cpu_features, find_compiler
 
 SOURCE = Path(__file__).with_name("kgelu_cpu.c")
 # -mprefer-vector-width=512 (x86 only): gcc's -march=native keeps 256-bit vectors on Intel
@@ -57,57 +54,16 @@ _library: ctypes.CDLL | None = None
 _tried = False
 
 
-def cache_dir() -> Path:
-    explicit = os.environ.get("HF_KGELU_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hf_kgelu"
-
-
 def _compiler() -> list[str] | None:
-    """The compiler's command: `$CC` (which may carry arguments, e.g. "ccache gcc"), else the
-    first of cc, gcc, clang on the PATH."""
-    if os.environ.get("CC"):
-        return shlex.split(os.environ["CC"])
-    found = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    return [found] if found else None
-
-
-def _cpu_features() -> str:
-    """The CPU's feature flags (what -march=native compiles for): a library built on one CPU
-    must not be loaded on another that lacks its instructions."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    return platform.processor() + platform.machine()
+    return find_compiler("CC", ("cc", "gcc", "clang"))
 
 
 def library_path(compiler: list[str]) -> Path:
-    program = os.path.realpath(shutil.which(compiler[0]) or compiler[0])
-    key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(CFLAGS).encode(), " ".join([program, *compiler[1:]]).encode(), _cpu_features().encode()):
-        key.update(part)
-        key.update(b"\0")
-    return cache_dir() / f"kgelu_cpu-{platform.machine()}-{key.hexdigest()[:16]}.so"
+    return cached_path("kgelu_cpu", SOURCE, compiler, CFLAGS, cpu_features())
 
 
 def _build(compiler: list[str], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
-    os.close(fd)
-    try:
-        done = subprocess.run([*compiler, *CFLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(compiler)} exited with {done.returncode}: {done.stderr.strip()[-2000:]}")
-        os.replace(tmp, target)  # atomic: another process sees the old state or the whole file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    build([*compiler, *CFLAGS, str(SOURCE), "-lm"], target, timeout=300)
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
