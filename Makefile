@@ -21,11 +21,12 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed system-data compiler
 
-# A C compiler builds the λ-GELU CPU kernel at first use (without one the slower torch path serves).
+# A C compiler builds the λ-GELU CPU kernel and a C++ one the CUDA sites' host path at first use
+# (without them the slower torch path / Python launcher serve).
 compiler:
-	@if ! command -v cc >/dev/null && ! command -v gcc >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq gcc libc6-dev >/dev/null; \
-	  else echo "note: run 'sudo apt-get install gcc' to build the λ-GELU CPU kernel"; fi; \
+	@if ! command -v c++ >/dev/null && ! command -v g++ >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq g++ libc6-dev >/dev/null; \
+	  else echo "note: run 'sudo apt-get install g++' to build the λ-GELU CPU kernel and C++ site path"; fi; \
 	fi
 
 # Best effort: only root can install Debian packages; the code says what to install otherwise.

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import cpu_kernel as _cpu_kernel
+from . import site_launcher as _site_launcher
 
 try:
     from . import kernels as _kernels
@@ -264,13 +265,39 @@ def kgelu(x: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
     return KGeluFunction.apply(x, lam)
 
 
+_site_launcher_ready = False  # the C++ site path is loaded (set by the first CUDA call)
+_site_launcher_tried = False
+
+
+def _load_site_launcher() -> None:
+    global _site_launcher_ready, _site_launcher_tried
+    _site_launcher_tried = True
+    if _site_launcher.load():
+        _site_launcher.set_python_backward(_kernels.kgelu_backward)
+        _site_launcher_ready = True
+
+
 def kgelu_theta(x: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tensor:
     """λ-GELU parametrised by θ: x·Φ(λx) with λ = 1 + softplus(θ/τ), differentiable in x and θ.
 
     The same function as `kgelu(x, lambda_from_theta(theta, tau))`. On CUDA in eager mode the
-    kernels compute λ and dθ themselves (no softplus ops or autograd nodes around them); elsewhere, and under
-    torch.compile, it is exactly that composition."""
+    kernels compute λ and dθ themselves (no softplus ops or autograd nodes around them), and a
+    site with one θ on a contiguous input goes through the C++ site path (`hf_kgelu.site_launcher`:
+    one call, no Python in its forward or backward); elsewhere, and under torch.compile, it is
+    exactly that composition."""
+    if (
+        _site_launcher_ready
+        and _eager(x, theta)
+        and not FORCE_REFERENCE
+        and not torch._C._are_functorch_transforms_active()
+        and _kernels.launches_direct()
+    ):
+        y = _site_launcher.site_forward(x, theta, tau)  # None: not its case, or kernels not registered yet
+        if y is not None:
+            return y
     if theta.dtype == torch.float32 and theta.dim() == 1 and uses_kernel(x, theta) and _eager(x, theta):
         _check_lambda(x, theta)
+        if not _site_launcher_tried:
+            _load_site_launcher()
         return KGeluThetaKernelFunction.apply(x, theta, tau)
     return kgelu(x, lambda_from_theta(theta, tau))

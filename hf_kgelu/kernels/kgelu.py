@@ -59,6 +59,8 @@ import triton.language as tl
 from triton.language.extra import libdevice
 from torch.library import wrap_triton
 
+from .. import site_launcher
+
 _INV_SQRT2 = tl.constexpr(1.0 / math.sqrt(2.0))
 _INV_SQRT_2PI = tl.constexpr(1.0 / math.sqrt(2.0 * math.pi))
 
@@ -413,15 +415,24 @@ def _launcher(compiled) -> tuple:
     return run, (compiled.function, compiled.packed_metadata, None, None, None)
 
 
-def _launch(kernel, grid: tuple, args: tuple, constexprs: tuple, num_warps: int, device: int, traceable: bool) -> None:
+def launches_direct() -> bool:
+    """Whether eager launches skip Triton's Python launcher (and may take the C++ site path)."""
+    return DIRECT_LAUNCH and _KNOBS is not None and not _hooks_set()
+
+
+def _launch(
+    kernel, grid: tuple, args: tuple, constexprs: tuple, num_warps: int, device: int, traceable: bool, site: tuple | None = None
+) -> None:
     """`kernel[grid](*args, *constexprs, num_warps=num_warps)`, directly once compiled.
 
     `args` are the runtime arguments in the kernel's order, `constexprs` the values after them;
-    `device` is the tensors' CUDA device index (`Tensor.get_device()`: −1 on the CPU interpreter)."""
+    `device` is the tensors' CUDA device index (`Tensor.get_device()`: −1 on the CPU interpreter).
+    `site` = (x's dtype, need flags, x's element count) marks a launch the C++ site path can
+    repeat (one θ, contiguous tensors): the compiled kernel is registered with it."""
     if device >= 0 and device != torch._C._cuda_getDevice():
         with torch.cuda.device(device):  # Triton launches on the current device
-            return _launch(kernel, grid, args, constexprs, num_warps, device, traceable)
-    direct = not traceable and DIRECT_LAUNCH and _KNOBS is not None and device >= 0 and not _hooks_set()
+            return _launch(kernel, grid, args, constexprs, num_warps, device, traceable, site)
+    direct = not traceable and device >= 0 and launches_direct()
     if direct:
         # Tensors go to the C launcher as their addresses: given a tensor it would call data_ptr()
         # again and ask the driver to validate the pointer (the callers pass CUDA tensors only).
@@ -433,8 +444,10 @@ def _launch(kernel, grid: tuple, args: tuple, constexprs: tuple, num_warps: int,
         ])
         entry = _compiled.get(key)
         if entry is not None:
-            launch, leading = entry
+            launch, leading, compiled = entry
             launch(grid[0], grid[1], 1, torch._C._cuda_getCurrentRawStream(device), *leading, *values, *constexprs)
+            if site is not None and site_launcher.loaded():
+                site_launcher.register(kernel, compiled, args, values, grid, num_warps, device, site)
             return
     # Through Triton: traced (torch.compile), every call (direct launches off), or a key's first call.
     named = dict(zip(kernel.arg_names[len(args) :], constexprs))
@@ -442,7 +455,10 @@ def _launch(kernel, grid: tuple, args: tuple, constexprs: tuple, num_warps: int,
     if direct:
         if len(_compiled) >= _MAX_COMPILED_KEYS:
             _compiled.clear()
-        _compiled[key] = _launcher(compiled.result() if hasattr(compiled, "result") else compiled)
+        compiled = compiled.result() if hasattr(compiled, "result") else compiled
+        _compiled[key] = (*_launcher(compiled), compiled)
+        if site is not None and site_launcher.loaded():
+            site_launcher.register(kernel, compiled, args, values, grid, num_warps, device, site)
 
 
 def _check(x: torch.Tensor, param: torch.Tensor) -> None:
@@ -481,9 +497,11 @@ def kgelu_forward(
         grid = (_cdiv(n, block), 1)
     # PER_CHANNEL, THETA, BLOCK_R, BLOCK_C, INT64, CDF
     constexprs = (per_channel, tau is not None, block_r, block_c, n > _INT32_SAFE_ELEMENTS, _CDF_CODES[CONFIG["cdf"]])
+    # one θ, contiguous: a launch the C++ site path repeats
+    site = (x.dtype, 0, n) if tau is not None and not per_channel and x.is_contiguous() else None
     _launch(
         _kgelu_fwd_kernel, grid, (x, param, _inv_tau(tau), y, n_rows, n_cols), constexprs,
-        warps, x.get_device(), traceable,
+        warps, x.get_device(), traceable, site,
     )
     return y
 
@@ -540,10 +558,13 @@ def kgelu_backward(
     partials = torch.empty(programs * partial_cols if need_param else 1, device=x.device, dtype=torch.float32)
     # PER_CHANNEL, THETA, COMPUTE_DX, COMPUTE_DLAM, BLOCK_R, BLOCK_C, INT64, CDF
     constexprs = (per_channel, tau is not None, need_x, need_param, block_r, block_c, n > _INT32_SAFE_ELEMENTS, _CDF_CODES[CONFIG["cdf"]])
+    site = None
+    if tau is not None and not per_channel and x.is_contiguous() and grad_out.is_contiguous():
+        site = (x.dtype, int(need_x) | int(need_param) << 1, n)  # a launch the C++ site path repeats
     _launch(
         _kgelu_bwd_kernel, (programs, column_blocks),
         (grad_out, x, param, inv_tau, dx if need_x else x, partials, n_rows, n_cols, tiles),
-        constexprs, warps, device, traceable,
+        constexprs, warps, device, traceable, site,
     )
     if not need_param:
         return dx, None
@@ -553,5 +574,6 @@ def kgelu_backward(
     _launch(
         _kgelu_finish_kernel, (_cdiv(partial_cols, sum_cols), 1), (partials, param, inv_tau, dparam, programs, partial_cols),
         (tau is not None, sum_rows, sum_cols), CONFIG["sum_warps"], device, traceable,
+        site and (site[0], 0, site[2]),
     )
     return dx, dparam
