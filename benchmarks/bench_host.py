@@ -4,8 +4,8 @@ On a tiny tensor the device idles and every microsecond is the host's: Python gl
 allocations and kernel launches. A GPT-2 small step has 12 sites, so on a slow host this, not the
 kernels, decides the step-time ratio to GELU. Three parts:
 
-1. forward+backward per call for GELU and for each λ-GELU path (our kernels launched directly,
-   and through Triton's `kernel[grid]` each time: `hf_kgelu.kernels.kgelu.DIRECT_LAUNCH`);
+1. forward+backward per call for GELU and for each λ-GELU path (the C++ site path, our Python
+   launcher, and Triton's `kernel[grid]` each time: `hf_kgelu.kernels.kgelu.DIRECT_LAUNCH`);
 2. the pieces: one kernel launch each way, one `torch.empty_like`, one autograd.Function call;
 3. a cProfile of the `KGELU` forward+backward (the functions with the most own time).
 
@@ -67,6 +67,21 @@ def _with_direct_launch(enabled: bool, fn):
     return run
 
 
+def _with_python_launcher(fn):
+    """fn with the C++ site path off: KGELU sites take the Python launcher."""
+    from hf_kgelu import functional
+
+    def run():
+        saved = functional._site_launcher_ready
+        functional._site_launcher_ready = False
+        try:
+            fn()
+        finally:
+            functional._site_launcher_ready = saved
+
+    return run
+
+
 def host_overhead(calls: int = 300, rounds: int = 5) -> list[dict]:
     """Host µs per forward+backward call on a 64×64 float32 tensor, per path."""
     from hf_kgelu import KGELU, functional
@@ -77,6 +92,7 @@ def host_overhead(calls: int = 300, rounds: int = 5) -> list[dict]:
     lam = torch.tensor([1.7], device="cuda", requires_grad=True)
     theta = torch.tensor([0.3], device="cuda", requires_grad=True)
     site = KGELU().cuda()
+    site(x).backward(g)  # the first call loads (builds, once) the C++ site path
     gelu_module = torch.nn.GELU()
 
     def fwd_bwd(fn):
@@ -88,7 +104,8 @@ def host_overhead(calls: int = 300, rounds: int = 5) -> list[dict]:
     cases = {
         "gelu (F.gelu)": fwd_bwd(lambda: F.gelu(x)),
         "gelu (nn.GELU module)": fwd_bwd(lambda: gelu_module(x)),
-        "KGELU module (θ in the kernel)": fwd_bwd(lambda: site(x)),
+        "KGELU module (C++ site path)": fwd_bwd(lambda: site(x)),
+        "KGELU module, Python launcher": _with_python_launcher(fwd_bwd(lambda: site(x))),
         "KGELU module, Triton launches": _with_direct_launch(False, fwd_bwd(lambda: site(x))),
         "kgelu_theta(x, θ, τ)": fwd_bwd(lambda: kgelu_theta(x, theta, 0.1)),
         "kgelu(x, λ)": fwd_bwd(lambda: kgelu(x, lam)),

@@ -6,7 +6,9 @@ autocast, fused AdamW. "gelu" is the exact (erf) GELU; "kgelu" is this package's
 (the Triton kernel on CUDA); "kgelu-torch" is the same with HF_KGELU_FORCE_REFERENCE (the torch
 path); "naive" is a plain module computing x·½·(1 + erf(λx/√2)) with λ = 1 + softplus(θ/τ);
 "kgelu-triton-launch" (not run by default) is "kgelu" launching through Triton's `kernel[grid]`
-each time instead of directly (hf_kgelu.kernels.kgelu.DIRECT_LAUNCH = False).
+each time instead of directly (hf_kgelu.kernels.kgelu.DIRECT_LAUNCH = False);
+"kgelu-python-launcher" (not run by default) is "kgelu" with the C++ site path off (the sites'
+host path in Python, as before it existed).
 
     python benchmarks/bench_train_step.py --model gpt2
     python benchmarks/bench_train_step.py --model deit --csv outputs/bench/train_step_deit.csv
@@ -36,7 +38,7 @@ from torch import nn
 
 from bench_host import profile_calls  # the script's own folder is on sys.path
 
-VARIANTS = ("gelu", "kgelu", "kgelu-torch", "naive", "kgelu-triton-launch")
+VARIANTS = ("gelu", "kgelu", "kgelu-torch", "naive", "kgelu-triton-launch", "kgelu-python-launcher")
 DEFAULT_VARIANTS = VARIANTS[:4]
 
 
@@ -111,16 +113,23 @@ def build_step(args, variant: str):
     batch = make_batch(args.model, net, args.batch, args.seq, args.device)
     autocast = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16)
 
+    if cuda and variant.startswith("kgelu") and not functional._site_launcher_tried:
+        functional._load_site_launcher()  # now, not inside a timed step (a python-launcher step turns it off)
+
     def step():
         functional.FORCE_REFERENCE = variant == "kgelu-torch"
         if kernel_module is not None:
             kernel_module.DIRECT_LAUNCH = variant != "kgelu-triton-launch"
+        site_path = functional._site_launcher_ready
+        if variant == "kgelu-python-launcher":
+            functional._site_launcher_ready = False
         with autocast:
             loss = net(**batch).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         functional.FORCE_REFERENCE = False
+        functional._site_launcher_ready = site_path
         if kernel_module is not None:
             kernel_module.DIRECT_LAUNCH = True
 
