@@ -103,9 +103,10 @@ LaunchKernel driver_launch() {
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 float inverse_tau(double tau) {
-  // as torch computes θ / τ on CUDA, and the Python launcher's _inv_tau: a float32 reciprocal
+  // exactly the Python launcher's _inv_tau: τ rounded to float32, its reciprocal in double,
+  // rounded to float32 (a float32 division could differ by an ulp: one rounding, not two)
   float tau32 = static_cast<float>(tau);
-  return 1.0f / tau32;
+  return static_cast<float>(1.0 / static_cast<double>(tau32));
 }
 
 void launch(const Entry& entry, const void* const* pointers, float inv_tau, const c10::Device& device) {
