@@ -1,4 +1,5 @@
-"""Native code built at first use: one compiler call into a per-user cache, written atomically.
+"""Native code built at first use: one compiler call into a per-user cache, written atomically,
+and loaded once per process (`LoadOnce`).
 
 Used by the CPU kernel (a C file called through ctypes) and the GPU sites' C++ launcher (a torch
 operator library). The cache folder is `$HF_KGELU_CACHE`, else `$XDG_CACHE_HOME/hf_kgelu`, else
@@ -16,6 +17,8 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
+import warnings
 from pathlib import Path
 
 
@@ -76,3 +79,40 @@ def build(command: list[str], target: Path, timeout: float = 600) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def switched_off(env_var: str) -> bool:
+    """Whether the user turned a native library off (`env_var` = 0, false, no or off)."""
+    return os.environ.get(env_var, "").strip().lower() in ("0", "false", "no", "off")
+
+
+class LoadOnce:
+    """The result of `load()`, called on the first `get()` only (thread-safe). When it raises (a
+    missing or failing compiler must not stop training), `failure` formatted with the exception
+    is warned once and the result is None."""
+
+    def __init__(self, load, failure: str):
+        self._load = load
+        self._failure = failure
+        self._lock = threading.Lock()
+        self.tried = False
+        self.value = None
+
+    def get(self):
+        if self.tried:
+            return self.value
+        with self._lock:
+            if not self.tried:
+                try:
+                    self.value = self._load()
+                except Exception as exc:
+                    # stacklevel: past get() and the module's load(), to the code that needed it
+                    warnings.warn(self._failure.format(exc), RuntimeWarning, stacklevel=4)
+                    self.value = None
+                self.tried = True
+        return self.value
+
+    def reset(self) -> None:
+        """Forget the result, so the next `get()` loads again (tests, a changed environment)."""
+        with self._lock:
+            self.tried, self.value = False, None

@@ -24,15 +24,12 @@ number of threads.
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
-import threading
-import warnings
 from pathlib import Path
 
 import torch
 
-from ..build_cache import build, cached_path, cpu_features, find_compiler
+from ..build_cache import LoadOnce, build, cached_path, cpu_features, find_compiler, switched_off
 
 SOURCE = Path(__file__).with_name("kgelu_cpu.c")
 # -mprefer-vector-width=512 (x86 only): gcc's -march=native keeps 256-bit vectors on Intel
@@ -49,9 +46,6 @@ _CHANNEL_BLOCK_ELEMENTS = 16384  # rows per partial sum: about this many element
 # the C file's DTYPE_* codes
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
-_lock = threading.Lock()
-_library: ctypes.CDLL | None = None
-_tried = False
 
 
 def _compiler() -> list[str] | None:
@@ -83,29 +77,11 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 def load() -> ctypes.CDLL | None:
     """The compiled kernel (built on the first call), or None when it is off or cannot be built
     (a warning says why, once)."""
-    global _library, _tried
-    if _tried:
-        return _library
-    with _lock:
-        if _tried:
-            return _library
-        try:
-            _library = _load()
-        except Exception as exc:  # a missing or failing compiler must not stop training
-            warnings.warn(
-                f"hf_kgelu: the CPU kernel could not be built ({exc}); λ-GELU on CPU uses the slower "
-                f"torch path. Install a C compiler (e.g. `apt-get install gcc`) or set {DISABLE_ENV}=0 "
-                "to use the torch path without this warning.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            _library = None
-        _tried = True
-    return _library
+    return _library.get()
 
 
 def _load() -> ctypes.CDLL | None:
-    if os.environ.get(DISABLE_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+    if switched_off(DISABLE_ENV):
         return None
     compiler = _compiler()
     if compiler is None:
@@ -116,11 +92,17 @@ def _load() -> ctypes.CDLL | None:
     return _declare(ctypes.CDLL(str(target)))
 
 
+_library = LoadOnce(
+    _load,
+    "hf_kgelu: the CPU kernel could not be built ({}); λ-GELU on CPU uses the slower torch path. "
+    f"Install a C compiler (e.g. `apt-get install gcc`) or set {DISABLE_ENV}=0 to use the torch path "
+    "without this warning.",
+)
+
+
 def reset() -> None:
     """Forget the loaded kernel, so the next `load()` looks again (tests, a changed environment)."""
-    global _library, _tried
-    with _lock:
-        _library, _tried = None, False
+    _library.reset()
 
 
 def usable(x: torch.Tensor, lam: torch.Tensor) -> bool:

@@ -22,14 +22,12 @@ Triton's launch hooks (its profilers) see only Python-path launches: set `HF_KGE
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import warnings
 from pathlib import Path
 
 import torch
 
-from ..build_cache import build, cached_path, find_compiler
+from ..build_cache import LoadOnce, build, cached_path, find_compiler, switched_off
 
 SOURCE = Path(__file__).with_name("site_launch.cpp")
 DISABLE_ENV = "HF_KGELU_NATIVE"
@@ -42,8 +40,6 @@ SCALAR_TYPES = {torch.float16: 5, torch.float32: 6, torch.bfloat16: 15}
 _ARG_TYPES = {"fp32": "f", "f32": "f", "i32": "i", "i64": "l", "constexpr": "-"}
 
 logger = logging.getLogger(__name__)
-_lock = threading.Lock()
-_loaded: bool | None = None  # None: not tried yet
 _registered: set = set()
 _python_impl = None  # keeps the Library object (the fallback backward's registration) alive
 
@@ -67,7 +63,7 @@ def library_path(compiler: list[str]) -> Path:
 
 
 def _load() -> bool:
-    if os.environ.get(DISABLE_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+    if switched_off(DISABLE_ENV):
         return False
     compiler = find_compiler("CXX", ("c++", "g++", "clang++"))
     if compiler is None:
@@ -80,31 +76,23 @@ def _load() -> bool:
     return True
 
 
+_library = LoadOnce(
+    _load,
+    "hf_kgelu: the C++ site launcher could not be built ({}); λ-GELU sites on CUDA use the Python "
+    "launcher (same results, more host time per call). Install a C++ compiler (e.g. `apt-get install "
+    f"g++`) or set {DISABLE_ENV}=0 to skip it without this warning.",
+)
+
+
 def loaded() -> bool:
     """Whether `load()` has loaded the library (without trying to)."""
-    return bool(_loaded)
+    return bool(_library.value)
 
 
 def load() -> bool:
     """Whether the C++ site path is available (built and loaded on the first call; a warning
     says why, once, when it cannot be)."""
-    global _loaded
-    if _loaded is not None:
-        return _loaded
-    with _lock:
-        if _loaded is None:
-            try:
-                _loaded = _load()
-            except Exception as exc:  # a missing compiler must not stop training
-                warnings.warn(
-                    f"hf_kgelu: the C++ site launcher could not be built ({exc}); λ-GELU sites on CUDA use "
-                    f"the Python launcher (same results, more host time per call). Install a C++ compiler "
-                    f"(e.g. `apt-get install g++`) or set {DISABLE_ENV}=0 to skip it without this warning.",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                _loaded = False
-    return _loaded
+    return bool(_library.get())
 
 
 def set_python_backward(kgelu_backward) -> None:
@@ -188,7 +176,7 @@ def register(kernel, compiled, args: tuple, values: list, grid: tuple, num_warps
 def clear() -> None:
     """Forget every registered kernel (tests; the next Python-path launch registers again)."""
     _registered.clear()
-    if _loaded:
+    if loaded():
         torch.ops.hf_kgelu_native.clear()
 
 
