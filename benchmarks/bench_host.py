@@ -53,33 +53,31 @@ def _median_us(cases: dict, calls: int, rounds: int) -> dict[str, float]:
     return {name: statistics.median(times) for name, times in per_round.items()}
 
 
-def _with_direct_launch(enabled: bool, fn):
-    from hf_kgelu.kernels import kgelu as kernel_module
+def _with_flag(module, name: str, value, fn):
+    """fn run with `module.name` set to `value` (restored after it)."""
 
     def run():
-        saved = kernel_module.DIRECT_LAUNCH
-        kernel_module.DIRECT_LAUNCH = enabled
+        saved = getattr(module, name)
+        setattr(module, name, value)
         try:
             fn()
         finally:
-            kernel_module.DIRECT_LAUNCH = saved
+            setattr(module, name, saved)
 
     return run
+
+
+def _with_direct_launch(enabled: bool, fn):
+    from hf_kgelu.kernels import kgelu as kernel_module
+
+    return _with_flag(kernel_module, "DIRECT_LAUNCH", enabled, fn)
 
 
 def _with_python_launcher(fn):
     """fn with the C++ site path off: KGELU sites take the Python launcher."""
     from hf_kgelu import functional
 
-    def run():
-        saved = functional._site_launcher_ready
-        functional._site_launcher_ready = False
-        try:
-            fn()
-        finally:
-            functional._site_launcher_ready = saved
-
-    return run
+    return _with_flag(functional, "_site_launcher_ready", False, fn)
 
 
 def host_overhead(calls: int = 300, rounds: int = 5) -> list[dict]:

@@ -574,6 +574,6 @@ def kgelu_backward(
     _launch(
         _kgelu_finish_kernel, (_cdiv(partial_cols, sum_cols), 1), (partials, param, inv_tau, dparam, programs, partial_cols),
         (tau is not None, sum_rows, sum_cols), CONFIG["sum_warps"], device, traceable,
-        site and (site[0], 0, site[2]),
+        site and (site[0], 0, site[2]),  # the partial-sum kernel is the same whatever the need flags
     )
     return dx, dparam
