@@ -20,17 +20,19 @@ PyTorch. Needs the `onnx` extra (`pip install onnx onnxruntime`).
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .modules import KGELU
+from .data import LocalData
+from .modeling.convert import gelu_module_classes
+from .modeling.module import KGELU
+from .modeling.sites import short_site_names
 
 DEAD_APOZ = 0.99
 DEFAULT_NEAR_ZERO = 1e-3
@@ -79,8 +81,6 @@ class SparsityReport:
 
 def activation_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The MLP activation modules of a model (ReLU, λ-GELU, GELU family), in depth order."""
-    from .relu import gelu_module_classes
-
     kinds = (nn.ReLU, KGELU, *gelu_module_classes())
     return [(name, module) for name, module in model.named_modules() if name and isinstance(module, kinds)]
 
@@ -177,12 +177,10 @@ def activation_sparsity(
 
 def sparsity_table(reports: list[SparsityReport]) -> str:
     """A Markdown table: one row per layer, the columns of each report side by side."""
-    from .trainer import short_site_names
-
     names = short_site_names([layer.name for layer in reports[0].layers])
     heads = ["layer"]
     for report in reports:
-        heads += [f"{report.model}: exact zeros", f"APoZ mean / max", "dead ch.", f"|f| < {report.near_zero:g}·scale"]
+        heads += [f"{report.model}: exact zeros", "APoZ mean / max", "dead ch.", f"|f| < {report.near_zero:g}·scale"]
     lines = ["| " + " | ".join(heads) + " |", "|---|" + "---:|" * (len(heads) - 1)]
     for index, short in enumerate(names):
         cells = [short]
@@ -268,40 +266,29 @@ def _export_and_check(model: nn.Module, path, batch: Mapping) -> list[str]:
             f"onnxruntime vs PyTorch on one batch: max |difference| = {difference:.3g}"]
 
 
-def run_analyze(args) -> int:
-    """`hf-kgelu analyze MODEL --data …`: the sparsity table (and JSON), optionally vs a GELU model."""
-    import sys
+def analyze_checkpoints(
+    checkpoints: list[str | os.PathLike],
+    data: LocalData,
+    *,
+    batch_size: int = 16,
+    max_batches: int = 16,
+    near_zero: float = DEFAULT_NEAR_ZERO,
+    onnx_path: str | os.PathLike | None = None,
+) -> tuple[list[SparsityReport], list[str]]:
+    """`activation_sparsity` of each checkpoint (its own architecture class and tokenizer) over the same
+    `data`; with `onnx_path`, the first is also exported and checked. Returns (reports, ONNX lines)."""
+    from .checkpoint import load_checkpoint
+    from .metrics import iter_batches
 
-    from .hub import _load_tokenizer, load_checkpoint
-    from .metrics import iter_batches, load_eval_data
-
-    onnx_lines = []
-    try:
-        reports = []
-        for label, checkpoint in (("model", args.model), ("GELU", args.compare)):
-            if checkpoint is None:
-                continue
-            model = load_checkpoint(checkpoint)
-            tokenizer = _load_tokenizer(checkpoint)
-            data = load_eval_data(args.data, split=args.split, tokenizer=tokenizer, block_size=args.block_size,
-                                  max_blocks=args.max_batches * args.batch_size)
-            kinds = sorted({type(m).__name__ for _, m in activation_modules(model)}) if activation_modules(model) else []
-            reports.append(activation_sparsity(model, iter_batches(data, args.batch_size), near_zero=args.near_zero,
-                                               max_batches=args.max_batches, name=f"{Path(checkpoint).name} ({'/'.join(kinds)})"))
-            if label == "model" and getattr(args, "onnx", None):
-                onnx_lines = _export_and_check(model, args.onnx, next(iter(iter_batches(data, args.batch_size))))
-    except ImportError as error:
-        print(f"hf-kgelu analyze: error: --onnx needs the onnx extra (pip install onnx onnxruntime): {error}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, OSError) as error:
-        print(f"hf-kgelu analyze: error: {error}", file=sys.stderr)
-        return 2
-    print(sparsity_table(reports))
-    print(f"\nexact zeros: outputs == 0; APoZ: per-channel fraction of zeros (Network Trimming), mean and max over channels; "
-          f"dead: channels with APoZ ≥ {DEAD_APOZ}; near zero: |f| < {args.near_zero:g} × the layer's mean |f| on this data.")
-    for line in onnx_lines:
-        print(line)
-    if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in reports], indent=1) + "\n", encoding="utf-8")
-        print(f"written: {args.json}")
-    return 0
+    reports, onnx_lines = [], []
+    data = replace(data, max_blocks=max_batches * batch_size)
+    for index, checkpoint in enumerate(checkpoints):
+        source = load_checkpoint(checkpoint)
+        rows, _ = data.rows(source.tokenizer)
+        sites = activation_modules(source.model)
+        kinds = sorted({type(m).__name__ for _, m in sites})
+        reports.append(activation_sparsity(source.model, iter_batches(rows, batch_size), near_zero=near_zero,
+                                           max_batches=max_batches, name=f"{Path(checkpoint).name} ({'/'.join(kinds)})"))
+        if index == 0 and onnx_path is not None:
+            onnx_lines = _export_and_check(source.model, onnx_path, next(iter(iter_batches(rows, batch_size))))
+    return reports, onnx_lines

@@ -1,10 +1,54 @@
-"""The `hf-kgelu` command. Each subcommand lives in the module that owns its concept and is
-added here with one `_add_<name>` function; `main` only parses and dispatches."""
+"""The `hf-kgelu` command: the only code that sees argparse. Each subcommand turns its options into
+one library call (`hf_kgelu.checkpoint` verbs, the demo, the analysis). Every error is one line on
+stderr and exit status 2 (a failed upload: status 1, with the command to retry); `--debug` shows
+the traceback instead."""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+
+TASKS = ("classification", "causal_lm", "masked_lm")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text}")
+    return value
+
+
+# ---- info, plot
 
 
 def _add_info(subparsers) -> None:
@@ -32,14 +76,56 @@ def _add_plot(subparsers) -> None:
 
 
 def _run_plot(args) -> int:
-    from hf_kgelu.plotting import plot_hardness
+    from .plotting import plot_hardness
 
-    try:
-        print(plot_hardness(args.run_dir, args.output))
-    except (FileNotFoundError, ValueError) as error:
-        print(f"hf-kgelu plot: error: {error}", file=sys.stderr)
-        return 1
+    print(plot_hardness(args.run_dir, args.output))
     return 0
+
+
+# ---- relu-ize
+
+
+def _add_eval_options(parser, what: str) -> None:
+    parser.add_argument("--eval-data", help=f"{what}: a datasets.save_to_disk folder (model-input columns + labels), or a "
+                        "text file (language models: token blocks; sentence encoders: one sentence per line)")
+    parser.add_argument("--eval-split", help="split of a DatasetDict --eval-data folder (default: validation, test, eval or train)")
+    parser.add_argument("--block-size", type=positive_int, default=128, help="tokens per block for text data (default 128)")
+    parser.add_argument("--max-eval-blocks", type=positive_int, help="evaluate at most this many text blocks")
+
+
+def _add_hub_options(parser) -> None:
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the written folder to this Hub repo")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--token", help="Hub token with write access (default: HF_TOKEN, then `hf auth login`)")
+
+
+def _add_card_options(parser) -> None:
+    parser.add_argument("--base-model", help="Hub id of the model this one was fine-tuned from (card metadata)")
+    parser.add_argument("--dataset", action="append", help="Hub id of a training/eval dataset (card metadata; repeatable)")
+    parser.add_argument("--license", help="license identifier for the card (e.g. apache-2.0)")
+
+
+def _hub(args):
+    from .checkpoint import HubTarget
+
+    if not args.push_to_hub:
+        return None
+    return HubTarget(args.push_to_hub, private=args.private, token=args.token or os.environ.get("HF_TOKEN"),
+                     endpoint=os.environ.get("HF_ENDPOINT"))
+
+
+def _card(args):
+    from .publishing import CardDetails
+
+    return CardDetails(base_model=args.base_model, datasets=args.dataset or (), license=args.license)
+
+
+def _eval_data(args):
+    from .data import LocalData
+
+    if not args.eval_data:
+        return None
+    return LocalData(args.eval_data, split=args.eval_split, block_size=args.block_size, max_blocks=args.max_eval_blocks)
 
 
 def _add_relu_ize(subparsers) -> None:
@@ -53,70 +139,41 @@ def _add_relu_ize(subparsers) -> None:
     parser.add_argument("--output-dir", required=True, help="folder for the ReLU model (must be empty or new, see --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir (only once the new folder is complete)")
     parser.add_argument("--include-gelu", action="store_true", help="also swap plain GELU activations (the direct-swap baseline)")
-    parser.add_argument("--eval-data", help="datasets.save_to_disk folder (model-input columns + labels), or a text file (language models)")
-    parser.add_argument("--eval-split", help="split of a DatasetDict folder (default: validation, test, eval or train)")
-    parser.add_argument("--task", choices=("classification", "causal_lm", "masked_lm"), help="metric to report (default: from the model)")
-    parser.add_argument("--block-size", type=int, default=128, help="tokens per block when --eval-data is a text file (default 128)")
-    parser.add_argument("--max-eval-blocks", type=int, help="evaluate at most this many text blocks")
-    parser.add_argument("--batch-size", type=int, default=32, help="evaluation batch size (default 32)")
+    _add_eval_options(parser, "evaluate before/after the swap on this")
+    parser.add_argument("--task", choices=TASKS, help="metric to report (default: from the model)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="evaluation batch size (default 32)")
     parser.add_argument("--gelu-baseline", help="GELU checkpoint to evaluate before/after its direct swap (the paper's Table II row)")
-    parser.add_argument("--base-model", help="Hub id of the model this one was fine-tuned from (card metadata)")
-    parser.add_argument("--dataset", action="append", help="Hub id of a training/eval dataset (card metadata; repeatable)")
-    parser.add_argument("--license", help="license identifier for the card (e.g. apache-2.0)")
-    parser.add_argument("--plot", help="PNG of the per-layer λ profile to include and link from the card")
-    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the written folder to this Hub repo")
-    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    parser.add_argument("--token", help="Hub token with write access (default: HF_TOKEN, then `hf auth login`)")
+    _add_card_options(parser)
+    parser.add_argument("--plot", help="PNG of λ over training to include and link from the card (default: the run's)")
+    _add_hub_options(parser)
     parser.set_defaults(func=_run_relu_ize)
 
 
 def _run_relu_ize(args) -> int:
-    import os
+    from .checkpoint import relu_ize_checkpoint
 
-    from .hub import HubPushError, relu_ize_checkpoint
-
-    try:
-        result = relu_ize_checkpoint(
-            args.checkpoint, args.output_dir, overwrite=args.overwrite, include_gelu=args.include_gelu,
-            eval_data=args.eval_data, eval_split=args.eval_split, task=args.task, block_size=args.block_size,
-            max_eval_blocks=args.max_eval_blocks, batch_size=args.batch_size, gelu_baseline=args.gelu_baseline,
-            base_model=args.base_model, datasets=args.dataset, license=args.license, plot_file=args.plot,
-            push_to_hub=args.push_to_hub, private=args.private, token=args.token or os.environ.get("HF_TOKEN"),
-            endpoint=os.environ.get("HF_ENDPOINT"), log=print,
-        )
-    except HubPushError as error:
-        print(f"hf-kgelu relu-ize: {error}", file=sys.stderr)
-        return 1
-    except (ValueError, FileExistsError, FileNotFoundError, OSError) as error:
-        print(f"hf-kgelu relu-ize: error: {error}", file=sys.stderr)
-        return 2
-    print(f"ReLU model written to {result.folder}" + (f" and pushed to {result.url}" if result.url else ""))
+    published = relu_ize_checkpoint(
+        args.checkpoint, args.output_dir, evaluation=_eval_data(args), gelu_baseline=args.gelu_baseline,
+        include_gelu=args.include_gelu, task=args.task, batch_size=args.batch_size, details=_card(args),
+        plot_file=args.plot, hub=_hub(args), overwrite=args.overwrite, log=print,
+    )
+    print(f"ReLU model written to {published.folder}" + (f" and pushed to {published.url}" if published.url else ""))
     return 0
 
 
-def _add_demo(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="train a small DeiT on sklearn digits with GELU, ReLU and annealed λ-GELU; ReLU-ize; report (CPU, minutes)"
-    )
-    from .demo import add_demo_arguments  # argparse only: the heavy imports wait for run_demo
-
-    add_demo_arguments(parser)
-    parser.set_defaults(func=_run_demo)
-
-
-def _run_demo(args) -> int:
-    from .demo import run_demo
-
-    return run_demo(args)
+# ---- convert
 
 
 def _add_convert(subparsers) -> None:
+    from .conversion import METHODS
+
     parser = subparsers.add_parser(
         "convert",
         help="turn a pretrained GELU checkpoint into a ReLU model on a small fine-tuning budget",
         description="Load CHECKPOINT (GELU), swap every GELU for ReLU and re-fit the linear layer reading each one so it "
         "reproduces the GELU layer's output on a few --data batches (least squares, no training), then fine-tune for "
-        "--budget optimizer steps (the benchmark's best recipe, see docs/results.md), and write a stock-transformers ReLU model with its card to --output-dir.",
+        "--budget optimizer steps (the benchmark's best recipe, see docs/results.md), and write a stock-transformers "
+        "ReLU model with its card to --output-dir.",
     )
     parser.add_argument("checkpoint", help="GELU checkpoint folder (config.json + safetensors weights)")
     parser.add_argument("--budget", required=True,
@@ -127,34 +184,82 @@ def _add_convert(subparsers) -> None:
                              "(language models: token blocks; encoders: one sentence per line)")
     parser.add_argument("--output-dir", required=True, help="folder for the ReLU model (must be empty or new, see --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
-    parser.add_argument("--method", default="readout_finetune",
-                        choices=("readout_finetune", "readout", "anneal", "swap_finetune", "swap"),
+    parser.add_argument("--method", default="readout_finetune", choices=METHODS,
                         help="readout_finetune (default): readout fit then fine-tune; readout: the fit alone (no training); "
                              "anneal: λ-GELU annealing fine-tune then relu_ize; swap_finetune: swap then fine-tune; swap: neither")
-    parser.add_argument("--calibration-batches", type=int, default=8, help="batches of --data for the readout fit (default 8)")
+    parser.add_argument("--calibration-batches", type=positive_int, default=8, help="batches of --data for the readout fit (default 8)")
     parser.add_argument("--distill", action="store_true",
                         help="add distillation from the original model to the task loss (always on for encoders without a "
                              "task head, whose only signal it is)")
-    parser.add_argument("--learning-rate", type=float, default=2e-4, help="peak learning rate, linear decay (default 2e-4)")
-    parser.add_argument("--batch-size", type=int, default=16, help="training batch size (default 16)")
-    parser.add_argument("--anneal-start", type=float, default=0.0, help="--method anneal: fraction of the budget before λ moves (default 0)")
+    parser.add_argument("--learning-rate", type=positive_float, default=2e-4, help="peak learning rate, linear decay (default 2e-4)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="training batch size (default 16)")
+    parser.add_argument("--anneal-start", type=fraction, default=0.0, help="--method anneal: fraction of the budget before λ moves (default 0)")
     parser.add_argument("--anneal-shape", default="geometric", choices=("geometric", "linear"), help="--method anneal: λ schedule")
-    parser.add_argument("--bound", default="gate_l1", help="gate_l1 (λ* ≈ 160 at ε = 0.005), act_sup, act_l1, or data (per-site targets)")
-    parser.add_argument("--tolerance", type=float, default=0.005, help="ε of --bound (default 0.005)")
-    parser.add_argument("--block-size", type=int, default=128, help="tokens per block (text data; default 128)")
+    parser.add_argument("--bound", default="gate_l1", choices=("gate_l1", "act_sup", "act_l1", "data"),
+                        help="gate_l1 (λ* ≈ 160 at ε = 0.005), act_sup, act_l1, or data (per-site targets)")
+    parser.add_argument("--tolerance", type=positive_float, default=0.005, help="ε of --bound (default 0.005)")
+    parser.add_argument("--block-size", type=positive_int, default=128, help="tokens per block (text data; default 128)")
     parser.add_argument("--split", help="split of a DatasetDict --data folder (default train)")
-    parser.add_argument("--task", choices=("classification", "causal_lm", "masked_lm", "embedding"), help="default: from the model")
+    parser.add_argument("--task", choices=(*TASKS, "embedding"), help="default: from the model")
     parser.add_argument("--eval-data", help="evaluate GELU vs ReLU on this folder / text file and put the numbers in the card "
                         "(encoders: mean cosine of sentence embeddings, one sentence per line)")
     parser.add_argument("--eval-split", help="split of a DatasetDict --eval-data folder")
     parser.add_argument("--seed", type=int, default=0)
+    _add_card_options(parser)
+    _add_hub_options(parser)
     parser.set_defaults(func=_run_convert)
 
 
 def _run_convert(args) -> int:
-    from .convert import run_convert
+    from .checkpoint import convert_checkpoint
+    from .conversion import ConversionConfig, steps_from_budget
+    from .data import LocalData
 
-    return run_convert(args)
+    config = ConversionConfig(
+        method=args.method, steps=steps_from_budget(args.budget, args.checkpoint), learning_rate=args.learning_rate,
+        batch_size=args.batch_size, seed=args.seed, calibration_batches=args.calibration_batches,
+        distill=True if args.distill else None, anneal_start=args.anneal_start, anneal_shape=args.anneal_shape,
+        bound=args.bound, tolerance=args.tolerance, task=args.task,
+    )
+    evaluation = LocalData(args.eval_data, split=args.eval_split, block_size=args.block_size) if args.eval_data else None
+    published = convert_checkpoint(
+        args.checkpoint, args.output_dir, data=LocalData(args.data, split=args.split or "train", block_size=args.block_size),
+        config=config, evaluation=evaluation, details=_card(args), hub=_hub(args), overwrite=args.overwrite, log=print,
+    )
+    print(f"ReLU model written to {published.folder}" + (f" and pushed to {published.url}" if published.url else ""))
+    return 0
+
+
+# ---- demo
+
+
+def _add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="train a small DeiT on sklearn digits with GELU, ReLU and annealed λ-GELU; ReLU-ize; report (CPU, minutes)"
+    )
+    parser.add_argument("--output-dir", default="outputs/demo", help="where the report, plot and ReLU model go (default: outputs/demo)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data split, the weights and the data order (default 0)")
+    parser.add_argument("--epochs", type=positive_int, default=20, help="training epochs of each of the three runs (default 20)")
+    parser.add_argument("--anneal-start", type=fraction, default=0.5,
+                        help="fraction of the λ-GELU run that learns λ before annealing it to λ* (default 0.5)")
+    parser.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images (quicker, weaker)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="training batch size (default 32)")
+    parser.add_argument("--learning-rate", type=positive_float, default=3e-3, help="peak learning rate of the weights (default 3e-3)")
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="CPU threads for torch (default 1: these tiny models gain little from more, and on a busy "
+                             "2-core machine two OpenMP threads were measured 100× slower than one)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import DemoSettings, run_demo
+
+    settings = {name: getattr(args, name) for name in DemoSettings.__dataclass_fields__}
+    return run_demo(DemoSettings(**settings))
+
+
+# ---- analyze
 
 
 def _add_analyze(subparsers) -> None:
@@ -169,10 +274,11 @@ def _add_analyze(subparsers) -> None:
     parser.add_argument("--data", required=True, help="a datasets.save_to_disk folder, or a text file (cut into token blocks)")
     parser.add_argument("--compare", metavar="GELU_MODEL", help="a second checkpoint (typically the GELU original) for side-by-side columns")
     parser.add_argument("--split", help="split of a DatasetDict --data folder")
-    parser.add_argument("--block-size", type=int, default=128, help="tokens per block for text data (default 128)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-batches", type=int, default=16, help="analyse at most this many batches (default 16)")
-    parser.add_argument("--near-zero", type=float, default=1e-3, help="near-zero threshold relative to the layer's mean |f| (default 1e-3)")
+    parser.add_argument("--block-size", type=positive_int, default=128, help="tokens per block for text data (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--max-batches", type=positive_int, default=16, help="analyse at most this many batches (default 16)")
+    parser.add_argument("--near-zero", type=positive_float, default=1e-3,
+                        help="near-zero threshold relative to the layer's mean |f| (default 1e-3)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     parser.add_argument("--onnx", metavar="FILE", help="also export MODEL to this ONNX file (needs onnx, onnxruntime), list the "
                         "nonlinear operators of its graph and compare onnxruntime with PyTorch on a batch of --data")
@@ -180,26 +286,66 @@ def _add_analyze(subparsers) -> None:
 
 
 def _run_analyze(args) -> int:
-    from .analysis import run_analyze
+    import json
+    from pathlib import Path
 
-    return run_analyze(args)
+    from .analysis import DEAD_APOZ, analyze_checkpoints, sparsity_table
+    from .data import LocalData
+
+    try:
+        reports, onnx_lines = analyze_checkpoints(
+            [args.model, *([args.compare] if args.compare else [])], LocalData(args.data, split=args.split, block_size=args.block_size),
+            batch_size=args.batch_size, max_batches=args.max_batches, near_zero=args.near_zero, onnx_path=args.onnx,
+        )
+    except ImportError as error:
+        raise ValueError(f"--onnx needs the onnx extra (pip install onnx onnxruntime): {error}") from None
+    print(sparsity_table(reports))
+    print(f"\nexact zeros: outputs == 0; APoZ: per-channel fraction of zeros (Network Trimming), mean and max over channels; "
+          f"dead: channels with APoZ ≥ {DEAD_APOZ}; near zero: |f| < {args.near_zero:g} × the layer's mean |f| on this data.")
+    for line in onnx_lines:
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in reports], indent=1) + "\n", encoding="utf-8")
+        print(f"written: {args.json}")
+    return 0
+
+
+# ---- main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-kgelu", description="λ-GELU for Hugging Face models: train, anneal, ReLU-ize, publish.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
-    _add_info(subparsers)
-    _add_relu_ize(subparsers)
-    _add_plot(subparsers)
-    _add_demo(subparsers)
-    _add_convert(subparsers)
-    _add_analyze(subparsers)
+    parser = _Parser(prog="hf-kgelu", description="λ-GELU for Hugging Face models: train, anneal, ReLU-ize, publish.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_info, _add_relu_ize, _add_plot, _add_demo, _add_convert, _add_analyze):
+        add(subparsers)
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    if isinstance(error, KeyError) and error.args:
+        text = str(error.args[0])
+    return " ".join(text.split()) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .publishing.push import HubPushError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    prog = f"hf-kgelu {args.command}"
+    try:
+        return args.func(args)
+    except HubPushError as error:  # the folder is complete: say how to retry (several lines on purpose)
+        if args.debug:
+            raise
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError) as error:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

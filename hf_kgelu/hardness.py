@@ -1,4 +1,5 @@
-"""Hardness λ: targets from a tolerance, init profiles across depth, profiles, drift, Spearman ρ."""
+"""Hardness λ, pure math: λ↔θ, the checks, targets λ* from a tolerance ε, init profiles across depth,
+drift between profiles, Spearman ρ. Nothing here touches a model (that is `hf_kgelu.modeling.sites`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,47 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
 
-from .modules import DEFAULT_LAMBDA_INIT, check_lambda, check_tau, find_sites
+from .ops import lambda_from_theta  # noqa: F401  (λ(θ) is the op's; θ(λ) is below)
+
+DEFAULT_TAU = 0.1
+DEFAULT_LAMBDA_INIT = 1.05
 
 # sup_x |x·Φ(λx) − ReLU(x)| = SUP_CONSTANT / λ (attained where the derivative of x·Φ(−|x|λ) vanishes).
 ACT_SUP_CONSTANT = 0.169971
 GATE_L1_CONSTANT = math.sqrt(2.0 / math.pi)
+
+
+def check_tau(tau: float) -> float:
+    if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"τ (tau) must be a finite number > 0, got {tau!r}")
+    return float(tau)
+
+
+def check_lambda(value: float, what: str = "λ") -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+        raise ValueError(f"{what} must be a finite number ≥ 1 (λ = 1 is GELU, λ → ∞ is ReLU), got {value!r}")
+    return float(value)
+
+
+def theta_from_lambda(lam: torch.Tensor | float, tau: float) -> torch.Tensor | float:
+    """θ = τ·log(expm1(λ − 1)), computed stably for λ − 1 from 1e-30 up to 1e30.
+
+    For large y = λ − 1, log(expm1(y)) = y + log1p(−e^{−y}) avoids the overflow of expm1.
+    A number gives a number (no tensor, so it works under a meta-device context); a tensor
+    gives a float32 tensor on the same device.
+    """
+    if not isinstance(lam, torch.Tensor):
+        y = float(lam) - 1.0
+        if not math.isfinite(y) or y <= 0:
+            raise ValueError(f"λ must be finite and > 1 to be represented by a finite θ (λ = 1 is GELU), got {lam!r}")
+        return tau * (y + math.log1p(-math.exp(-y)) if y > 20.0 else math.log(math.expm1(y)))
+    y = lam.detach().to(torch.float64) - 1.0
+    if not torch.isfinite(y).all() or (y <= 0).any():
+        raise ValueError("λ must be finite and > 1 to be represented by a finite θ (λ = 1 is GELU)")
+    log_expm1 = torch.where(y > 20.0, y + torch.log1p(-torch.exp(-y)), torch.log(torch.expm1(y)))
+    return (tau * log_expm1).to(torch.float32)
+
 
 BOUNDS = ("gate_l1", "act_sup", "act_l1")
 INIT_MODES = ("uniform", "increasing", "decreasing")
@@ -75,48 +110,6 @@ def init_lambdas(
     step = (high - low) / (num_sites - 1)
     ramp = [low + i * step for i in range(num_sites)]
     return ramp if mode == "increasing" else ramp[::-1]
-
-
-def _require_sites(model: nn.Module):
-    sites = find_sites(model)
-    if not sites:
-        raise ValueError(
-            f"{type(model).__name__} has no λ-GELU (KGELU) activation sites: build it from a config with "
-            'hidden_act="kgelu" (GPT-2: activation_function="kgelu"), or convert a GELU model with '
-            "hf_kgelu.convert_to_kgelu(model)"
-        )
-    return sites
-
-
-def init_hardness(
-    model: nn.Module,
-    mode: str = "uniform",
-    lambda_init: float = DEFAULT_LAMBDA_INIT,
-    lambda_range: Sequence[float] = DEFAULT_LAMBDA_RANGE,
-    tau: float | None = None,
-) -> dict[str, float]:
-    """Set every site's θ from an init profile (and optionally τ); returns the profile set."""
-    sites = _require_sites(model)
-    if tau is not None:
-        check_tau(tau)
-    values = init_lambdas(len(sites), mode, lambda_init, lambda_range)
-    for (_, module), lam in zip(sites, values):
-        if tau is not None:
-            module.tau = float(tau)
-        module.set_lambda(lam)
-    return hardness_profile(model)
-
-
-def hardness_profile(model: nn.Module, per_channel: bool = False) -> dict[str, float | torch.Tensor]:
-    """λ of every site in depth order, keyed by the site's module name.
-
-    Per-channel sites report their mean λ, or the whole λ tensor with `per_channel=True`.
-    """
-    profile: dict[str, float | torch.Tensor] = {}
-    for name, module in _require_sites(model):
-        lam = module.lam.detach().float().cpu()
-        profile[name] = lam.clone() if per_channel and module.per_channel else lam.mean().item()
-    return profile
 
 
 def hardness_drift(previous: Mapping[str, float], current: Mapping[str, float]) -> float:

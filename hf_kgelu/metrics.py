@@ -1,4 +1,5 @@
-"""Local evaluation metrics (no `evaluate`, no Hub): accuracy, perplexity, and `evaluate_model`.
+"""Every evaluation metric in one place (offline, no Hub): accuracy, perplexity, `evaluate_model`,
+the classification loss, the sentence-embedding cosine, and the Trainer's `compute_metrics`.
 
 `evaluate_model` runs a model over batches of dicts whose keys are the model's inputs
 (`pixel_values`, `input_ids`, `attention_mask`, `token_type_ids`) plus `labels` (or `label`),
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +21,43 @@ from torch import nn
 TASKS = ("classification", "causal_lm", "masked_lm")
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
 IGNORE_INDEX = -100
-_USED_KEYS = (*MODEL_INPUT_KEYS, "labels", "label")  # other columns (raw text, ids) are not collated
+USED_KEYS = (*MODEL_INPUT_KEYS, "labels", "label")  # other columns (raw text, ids) are not collated
 # Padding value per key when rows of a batch differ in length.
 _PAD_VALUES = {"input_ids": 0, "attention_mask": 0, "token_type_ids": 0, "labels": IGNORE_INDEX, "label": IGNORE_INDEX}
+
+
+def metric_of(task: str) -> tuple[str, bool]:
+    """(metric name, whether higher is better) of a task."""
+    if task == "classification":
+        return "accuracy", True
+    if task in ("causal_lm", "masked_lm"):
+        return "perplexity", False
+    if task == "embedding":
+        return "mean cosine to the original's embeddings", True
+    raise ValueError(f"unknown task {task!r}: choose one of {', '.join((*TASKS, 'embedding'))}")
+
+
+@dataclass
+class Comparison:
+    """One metric of an original model and of the ReLU model made from it, on the same data."""
+
+    metric: str
+    higher_is_better: bool
+    original: float
+    relu: float
+    original_label: str = "original (GELU)"
+
+    @property
+    def change(self) -> float:
+        return self.relu - self.original
+
+    def as_markdown(self) -> str:
+        return (f"| model | {self.metric} |\n|---|---:|\n| {self.original_label} | {self.original:.4f} |\n"
+                f"| this model (ReLU) | {self.relu:.4f} |")
+
+    def card_results(self) -> list[tuple[str, float]]:
+        """(name, value) pairs for the model card's Hub eval results."""
+        return [(f"{self.metric} (ReLU, this model)", self.relu), (f"{self.metric} ({self.original_label})", self.original)]
 
 
 def accuracy(predictions, labels) -> float:
@@ -90,7 +126,7 @@ def iter_batches(data, batch_size: int = 32) -> Iterable[Mapping]:
             rows = data[start : start + batch_size]
             if not isinstance(rows, Mapping):  # a list of example dicts; a datasets.Dataset slice is already columns
                 rows = {key: [row[key] for row in rows] for key in rows[0]}
-            yield {key: _collate_column(key, column) for key, column in rows.items() if key in _USED_KEYS}
+            yield {key: _collate_column(key, column) for key, column in rows.items() if key in USED_KEYS}
         return
     yield from data
 
@@ -169,44 +205,86 @@ def evaluate_model(model: nn.Module, data, task: str | None = None, batch_size: 
     return {"perplexity": perplexity(loss), "loss": loss}
 
 
-EVAL_SPLITS = ("validation", "test", "eval", "train")
+@torch.no_grad()
+def classification_loss(model: nn.Module, data, batch_size: int = 64) -> float:
+    """Mean cross-entropy over the evaluation set: a finer view of a swap than accuracy, which
+    moves only when a prediction flips."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in iter_batches(data, batch_size):
+            inputs = {k: torch.as_tensor(v).to(device) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+            labels = torch.as_tensor(batch.get("labels", batch.get("label"))).to(device)
+            logits = model(**inputs).logits.float()
+            total += float(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum"))
+            count += int((labels != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
 
 
-def load_eval_data(path, *, split: str | None = None, tokenizer=None, block_size: int = 128, max_blocks: int | None = None):
-    """Evaluation data from disk, in one of two forms:
+def mean_pooled(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Sentence embeddings as sentence-transformers' mean pooling computes them (padding left out)."""
+    if attention_mask is None:
+        return last_hidden_state.mean(1)
+    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+    return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
 
-    - a folder written by `datasets.Dataset.save_to_disk` (or a DatasetDict: `split`, else the
-      first of validation/test/eval/train), with columns named like the model's inputs
-      (`pixel_values` or `input_ids`, optional `attention_mask`) and `labels`/`label`;
-    - a text file, for language models: tokenised with `tokenizer` and cut into consecutive
-      `block_size`-token blocks (the tail shorter than a block is dropped).
-    """
-    from pathlib import Path
 
-    path = Path(path)
-    if path.is_dir():
-        from datasets import DatasetDict, load_from_disk
+@torch.no_grad()
+def embedding_cosine(model: nn.Module, reference: nn.Module, batches) -> float:
+    """Mean cosine similarity between the mean-pooled sentence embeddings of `model` and
+    `reference` over `batches` (dicts with input_ids and attention_mask)."""
+    total, count = 0.0, 0
+    for module in (model, reference):
+        module.eval()
+    for batch in batches:
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        a = mean_pooled(model(**inputs).last_hidden_state, inputs.get("attention_mask"))
+        b = mean_pooled(reference(**inputs).last_hidden_state, inputs.get("attention_mask"))
+        cos = F.cosine_similarity(a.float(), b.float(), dim=-1)
+        total += float(cos.sum())
+        count += cos.numel()
+    if count == 0:
+        raise ValueError("no sentences to compare")
+    return total / count
 
-        data = load_from_disk(str(path))
-        if isinstance(data, DatasetDict):
-            name = split or next((s for s in EVAL_SPLITS if s in data), None)
-            if name not in data:
-                raise ValueError(f"{path} has splits {sorted(data)}; choose one with split= (--eval-split)")
-            data = data[name]
-        columns = [c for c in data.column_names if c in _USED_KEYS]
-        if not any(c in MODEL_INPUT_KEYS for c in columns):
-            raise ValueError(f"{path}: no model input column ({', '.join(MODEL_INPUT_KEYS)}); its columns: {data.column_names}")
-        return data.with_format("torch", columns=columns)
-    if not path.is_file():
-        raise FileNotFoundError(f"evaluation data {path} is neither a datasets folder nor a text file")
-    if tokenizer is None:
-        raise ValueError(f"{path} is a text file: evaluating on text needs the checkpoint's tokenizer (none was found)")
-    text = path.read_text(encoding="utf-8")
-    ids: list[int] = []
-    for start in range(0, len(text), 100_000):  # the fast tokenizer is slow on one huge string
-        ids.extend(tokenizer(text[start : start + 100_000])["input_ids"])
-    n_blocks = len(ids) // block_size if max_blocks is None else min(len(ids) // block_size, max_blocks)
-    if n_blocks < 1:
-        raise ValueError(f"{path} holds {len(ids)} tokens, fewer than one block of {block_size}: use a longer text or --block-size")
-    blocks = torch.tensor(ids[: n_blocks * block_size]).reshape(n_blocks, block_size)
-    return [{"input_ids": block} for block in blocks]
+
+# Metrics inside the Trainer's evaluation loop (gathered across processes by the Trainer)
+
+
+def _argmax_logits(logits, labels):
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    return logits.argmax(-1)
+
+
+def _accuracy_metrics(eval_pred) -> dict[str, float]:
+    return {"accuracy": accuracy(torch.as_tensor(eval_pred.predictions), torch.as_tensor(eval_pred.label_ids))}
+
+
+def _token_nll(logits, labels):
+    """Per sequence: [sum of next-token NLL, number of scored tokens], so the perplexity over the
+    whole evaluation set is exact (not a mean of batch means)."""
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    logits, labels = logits[..., :-1, :].float(), labels[..., 1:]
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return torch.stack([nll.sum(-1), (labels != IGNORE_INDEX).sum(-1).to(nll.dtype)], dim=-1)
+
+
+def _perplexity_metrics(eval_pred) -> dict[str, float]:
+    sums = torch.as_tensor(eval_pred.predictions).reshape(-1, 2).double().sum(0)
+    loss = float(sums[0] / sums[1].clamp_min(1))
+    return {"perplexity": perplexity(loss), "token_loss": loss}
+
+
+def trainer_metrics(task: str) -> tuple[dict, str, bool]:
+    """(Trainer kwargs computing the task's metric, the metric name, whether higher is better)."""
+    if task == "classification":
+        return {"compute_metrics": _accuracy_metrics, "preprocess_logits_for_metrics": _argmax_logits}, "accuracy", True
+    if task == "causal_lm":
+        return {"compute_metrics": _perplexity_metrics, "preprocess_logits_for_metrics": _token_nll}, "perplexity", False
+    raise ValueError(f"the pipeline handles classification and causal_lm, not {task!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .history import read_history
+from .training.history import read_history
 
 
 def plot_hardness(run: str | os.PathLike | dict, out_png: str | os.PathLike | None = None, title: str | None = None) -> Path:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from transformers import DeiTConfig, GPT2Config
 
-from .models import MLPConfig
+from .modeling.mlp import MLPConfig
 
 # Raw pixel maximum of each built-in image set: digits are 0..16, FashionMNIST 0..255.
 RAW_PIXEL_MAX = {"digits": 16.0, "fashion_mnist": 255.0}

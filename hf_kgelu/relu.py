@@ -21,11 +21,11 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from .hardness import BOUNDS, tolerance_at
-from .metrics import evaluate_model, infer_task
-from .modules import KGELU
-from .registry import GELU_NAMES, KGELU_NAME, activation_config_keys, gelu_module_classes
+from .metrics import evaluate_model, infer_task, metric_of
+from .modeling.config import GELU_NAMES, KGELU_NAME, RELU_NAME, activation_config_keys
+from .modeling.convert import gelu_module_classes
+from .modeling.module import KGELU
 
-RELU_NAME = "relu"
 KGELU_CONFIG_PREFIX = "kgelu_"
 
 
@@ -272,18 +272,25 @@ class SubstitutionReport:
         out["kgelu_change"], out["gelu_change"] = self.kgelu_change, self.gelu_change
         return out
 
+    @property
+    def swapped(self) -> str:
+        """What the swap replaced: "λ-GELU", or "GELU" for a direct swap of a GELU model."""
+        sites = self.relu_report.sites if self.relu_report is not None else []
+        return "λ-GELU" if any(site.activation == KGELU_NAME for site in sites) or not sites else "GELU"
+
+    def card_results(self) -> list[tuple[str, float]]:
+        """(name, value) pairs for the model card's Hub eval results."""
+        return [(f"{self.metric} (ReLU, this model)", self.kgelu_after),
+                (f"{self.metric} ({self.swapped}, before the swap)", self.kgelu_before)]
+
     def as_markdown(self) -> str:
         """A Markdown table: one row per model, the metric before and after the ReLU swap."""
-        rows = [("λ-GELU → ReLU", self.kgelu_before, self.kgelu_after, self.kgelu_change)]
+        rows = [(f"{self.swapped} → ReLU", self.kgelu_before, self.kgelu_after, self.kgelu_change)]
         if self.gelu_before is not None:
             rows.append(("GELU → ReLU (direct swap)", self.gelu_before, self.gelu_after, self.gelu_change))
         lines = [f"| model | {self.metric} before | {self.metric} after | change |", "|---|---:|---:|---:|"]
         lines += [f"| {name} | {before:.4f} | {after:.4f} | {change:+.4f} |" for name, before, after, change in rows]
         return "\n".join(lines)
-
-
-def _metric_name(task: str) -> str:
-    return "accuracy" if task == "classification" else "perplexity"
 
 
 def substitution_report(
@@ -299,7 +306,7 @@ def substitution_report(
     `gelu_baseline` before and after its direct GELU → ReLU swap, on the same data. Works on
     copies: the passed models are never changed (not even their train/eval mode)."""
     task = task or infer_task(model)
-    metric = _metric_name(task)
+    metric, higher_is_better = metric_of(task)
     details = {"kgelu_before": evaluate_model(copy.deepcopy(model), eval_data, task, batch_size)}
     relu_model, relu_report = relu_ize(model, inplace=False, include_gelu=include_gelu)
     details["kgelu_after"] = evaluate_model(relu_model, eval_data, task, batch_size)
@@ -313,7 +320,7 @@ def substitution_report(
     return SubstitutionReport(
         task=task,
         metric=metric,
-        higher_is_better=metric == "accuracy",
+        higher_is_better=higher_is_better,
         kgelu_before=value["kgelu_before"],
         kgelu_after=value["kgelu_after"],
         gelu_before=value.get("gelu_before"),

@@ -9,7 +9,7 @@ Three GELU models, built and measured on this machine's offline data:
   between the converted model's and the original's mean-pooled embeddings of held-out sentences.
 
 Each is converted with a fine-tuning budget of 1 %, 3 % and 10 % of its pretraining steps (MiniLM's
-pretraining is unknown: fixed step budgets) by every recipe of `hf_kgelu.convert`:
+pretraining is unknown: fixed step budgets) by every recipe of `hf_kgelu.conversion`:
 (a) swap, (b) swap + fine-tune (the rival), (b+KD) the same with distillation from the GELU model,
 (c) λ-GELU annealing from λ = 1 (gate-L1 bound, ε = 0.005: λ* ≈ 160) with the paper's linear
 schedule then relu_ize, (c-data) the same with data-aware per-site targets (relative ε = 0.01),
@@ -38,12 +38,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from transformers import BertModel, BertTokenizerFast, DeiTForImageClassification, GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    BertModel,
+    BertTokenizerFast,
+    DeiTForImageClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 import hf_kgelu  # noqa: F401  (registers "kgelu")
-from hf_kgelu.convert import _training_args, convert_gelu_to_relu, embedding_cosine, without_dropout
+from hf_kgelu.conversion import ConversionConfig, convert_gelu_to_relu
+from hf_kgelu.conversion.distill import without_dropout
+from hf_kgelu.conversion.recipe import _training_args
 from hf_kgelu.data import causal_lm_blocks, fashion_mnist_splits, python_docs_text
-from hf_kgelu.metrics import evaluate_model
+from hf_kgelu.metrics import embedding_cosine, evaluate_model
 from hf_kgelu.presets import deit_config
 from hf_kgelu.relu import relu_ize
 
@@ -100,11 +111,11 @@ def run_model(name, gelu, train, evaluation, *, task, metric, pretrain_steps, lr
     score = (lambda m: evaluate_model(m, evaluation, task=task)[metric]) if task != "embedding" else (
         lambda m: embedding_cosine(m, gelu, evaluation))
     rows = [{"model": name, "budget": 0.0, "steps": 0, "recipe": "GELU (pretrained)", "score": score(gelu), "seconds": 0.0}]
-    swap = convert_gelu_to_relu(gelu, train, steps=1, method="swap")
+    swap = convert_gelu_to_relu(gelu, train, ConversionConfig(method="swap"))
     rows.append({"model": name, "budget": 0.0, "steps": 0, "recipe": "(a) direct swap", "score": score(swap.model), "seconds": 0.0})
     started = time.perf_counter()
-    fitted = convert_gelu_to_relu(gelu, train, steps=0, method="readout", batch_size=calibration[1],
-                                  calibration_batches=calibration[0], data_collator=collator)
+    fitted = convert_gelu_to_relu(gelu, train, ConversionConfig(method="readout", batch_size=calibration[1],
+                                  calibration_batches=calibration[0]), data_collator=collator)
     rows.append({"model": name, "budget": 0.0, "steps": 0, "recipe": "(e0) readout fit, no training", "score": score(fitted.model),
                  "seconds": time.perf_counter() - started})
     for row in rows:
@@ -115,14 +126,13 @@ def run_model(name, gelu, train, evaluation, *, task, metric, pretrain_steps, lr
         if control:
             model = without_dropout(copy.deepcopy(gelu))  # as in every conversion fine-tune
             started = time.perf_counter()
-            # the same optimizer settings as every conversion (hf_kgelu.convert), GELU kept
+            # the same optimizer settings as every conversion (hf_kgelu.conversion), GELU kept
             args = _training_args(out / f"{name}-control-{steps}", steps, lr, batch_size, 0, None, {"weight_decay": 0.0})
             Trainer(model=model, args=args, train_dataset=train, data_collator=collator).train()
             rows.append({"model": name, "budget": budget, "steps": steps, "recipe": "GELU control (fine-tuned)",
                          "score": score(model.eval()), "seconds": time.perf_counter() - started})
             log(name, steps, rows[-1]["recipe"], f"{rows[-1]['score']:.4f}")
         for label, (method, distill, bound, shape) in recipes.items():
-            overrides = {}
             callback = None
             if trace_eval is not None and method == "anneal" and shape == "linear" and index == len(budgets) - 1:
                 callback = ReluCompatibility(trace_eval, task, metric, [max(1, round(steps * f)) for f in (0.1, 0.25, 0.5, 0.75, 1.0)])
@@ -137,13 +147,14 @@ def run_model(name, gelu, train, evaluation, *, task, metric, pretrain_steps, lr
 
 
 def _convert(gelu, train, steps, method, distill, bound, shape, task, lr, batch_size, output_dir, collator, callback, fitted):
-    kwargs = dict(steps=steps, method=method, distill=distill, task=task, output_dir=output_dir, learning_rate=lr,
-                  batch_size=batch_size, data_collator=collator, training_overrides={"weight_decay": 0.0})
-    if method.startswith("readout"):
-        kwargs["fitted"] = fitted  # fitted once per model (it is training-free and the same for every budget)
+    settings = dict(steps=steps, method=method, distill=distill, task=task, learning_rate=lr, batch_size=batch_size)
     if bound is not None:
-        kwargs.update(bound=bound, tolerance=DATA_TOLERANCE if bound == "data" else 0.005, anneal_shape=shape)
-    return convert_gelu_to_relu(gelu, train, callbacks=[callback] if callback else None, **kwargs)
+        settings.update(bound=bound, tolerance=DATA_TOLERANCE if bound == "data" else 0.005, anneal_shape=shape)
+    return convert_gelu_to_relu(
+        gelu, train, ConversionConfig(**settings), output_dir=output_dir, data_collator=collator,
+        training_overrides={"weight_decay": 0.0}, callbacks=[callback] if callback else None,
+        fitted=fitted if method.startswith("readout") else None,  # fitted once per model: training-free, same every budget
+    )
 
 
 # ---- the three models ---------------------------------------------------------------------------

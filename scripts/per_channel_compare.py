@@ -26,9 +26,10 @@ import hf_kgelu  # noqa: F401
 from hf_kgelu import hardness_profile
 from hf_kgelu.data import fashion_mnist_splits
 from hf_kgelu.metrics import evaluate_model
+from hf_kgelu.modeling import short_site_names
 from hf_kgelu.presets import deit_config
 from hf_kgelu.relu import relu_ize
-from hf_kgelu.trainer import KGeluTrainer, KGeluTrainingArguments, short_site_names
+from hf_kgelu.training import KGeluTrainer, KGeluTrainingArguments
 
 
 class SwapTrace(TrainerCallback):

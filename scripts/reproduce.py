@@ -40,8 +40,9 @@ import numpy as np
 import torch
 
 import hf_kgelu  # noqa: F401  (registers "kgelu" and the MLP)
-from hf_kgelu.experiments import fmt, markdown_table, mean_std, profile_rho
-from hf_kgelu.pipeline import PipelineResult, run_pipeline, with_activation
+from hf_kgelu.checkpoint import TrainResult, train_and_relu_ize
+from hf_kgelu.checkpoint.report import fmt, markdown_table, mean_std, profile_rho
+from hf_kgelu.modeling import with_activation
 from hf_kgelu.presets import deit_config, gpt2_config, mlp_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +209,7 @@ def presets(name: str) -> tuple[list[Setting], dict]:
 def build_model(setting: Setting, activation: str, num_features: int | None):
     from transformers import DeiTForImageClassification, GPT2LMHeadModel
 
-    from hf_kgelu.models import MLPForSequenceClassification
+    from hf_kgelu.modeling.mlp import MLPForSequenceClassification
 
     m = dict(setting.model)
     kind = m.pop("kind")
@@ -250,10 +251,10 @@ def planned_runs(settings: list[Setting], grid: dict, seeds: list[int], with_gri
     return runs
 
 
-def execute(run: Run, setting: Setting, data: tuple, out: Path, device_is_cpu: bool) -> PipelineResult:
+def execute(run: Run, setting: Setting, data: tuple, out: Path, device_is_cpu: bool) -> TrainResult:
     from transformers import set_seed
 
-    from hf_kgelu.trainer import KGeluTrainingArguments
+    from hf_kgelu.training import KGeluTrainingArguments
 
     folder = run.folder(out)
     train, evaluation, num_features = data
@@ -271,7 +272,7 @@ def execute(run: Run, setting: Setting, data: tuple, out: Path, device_is_cpu: b
         kgelu_tau=run.tau, kgelu_lr_multiplier=run.eta, kgelu_init=init,
         kgelu_anneal_start=0.25 if run.variant == "kgelu-annealed" else None,
     )
-    return run_pipeline(model, args, train, evaluation, task=setting.task, name=f"{run.setting}/{run.variant}/seed{run.seed}",
+    return train_and_relu_ize(model, args, train, evaluation, task=setting.task, name=f"{run.setting}/{run.variant}/seed{run.seed}",
                         substitution=run.activation != "relu", save_model=False, log_lines=False,
                         command=" ".join(["scripts/reproduce.py", *sys.argv[1:]]))
 
@@ -320,7 +321,7 @@ def export_data(settings: list[Setting], folder: Path) -> None:
 # Summaries
 
 
-def summarize(settings: list[Setting], grid: dict, results: dict[Run, PipelineResult], seeds: list[int]) -> str:
+def summarize(settings: list[Setting], grid: dict, results: dict[Run, TrainResult], seeds: list[int]) -> str:
     parts = []
     parts.append("#### Table I — training (mean ± std over seeds)\n\n"
                  "Best validation score and the epoch it was reached; mean λ is the mean over sites of λ at the end of "
@@ -382,7 +383,7 @@ def summarize(settings: list[Setting], grid: dict, results: dict[Run, PipelineRe
             rows.append(row)
         if rows:
             metric = "accuracy" if s.task == "classification" else "perplexity"
-            headers = ["model", f"original {metric}", f"after ReLU swap", "change"]
+            headers = ["model", f"original {metric}", "after ReLU swap", "change"]
             if s.task == "classification":
                 headers.append("change of val loss")
             parts.append(f"**{s.title}**\n\n" + markdown_table(headers, rows) + "\n")
@@ -538,7 +539,7 @@ def _run(args: argparse.Namespace) -> int:
     machine = args.machine or (torch.cuda.get_device_name(0) if not device_is_cpu else f"{os.cpu_count()}-core CPU ({platform.machine()})")
     by_name = {s.name: s for s in settings}
     runs = planned_runs(settings, grid, seeds, not args.no_grid)
-    results: dict[Run, PipelineResult] = {}
+    results: dict[Run, TrainResult] = {}
     reused: set[Run] = set()
     cache: dict = {}
     started = time.perf_counter()
@@ -546,7 +547,7 @@ def _run(args: argparse.Namespace) -> int:
     for index, run in enumerate(runs, 1):
         stored = run.folder(out) / "results.json"
         if stored.exists():
-            results[run] = PipelineResult.from_dict(json.loads(stored.read_text()))
+            results[run] = TrainResult.from_dict(json.loads(stored.read_text()))
             reused.add(run)
             continue
         minutes = (time.perf_counter() - started) / 60

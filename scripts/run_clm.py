@@ -34,14 +34,18 @@ from transformers import (
 )
 
 import hf_kgelu  # noqa: F401  (registers "kgelu")
-from hf_kgelu.data import causal_lm_blocks, embedded_text, gpt2_tokenizer, python_docs_text
-from hf_kgelu.pipeline import (
+from hf_kgelu.data import (
+    causal_lm_blocks,
+    embedded_text,
+    gpt2_tokenizer,
+    python_docs_text,
+)
+from hf_kgelu.modeling import with_activation
+from hf_kgelu.script_arguments import (
     ConversionArguments,
     parse_script_arguments,
-    print_summary,
     run_conversion,
-    run_pipeline,
-    with_activation,
+    train_from_script,
 )
 
 logger = logging.getLogger(__name__)
@@ -174,15 +178,11 @@ def main(argv=None) -> int:
         run_conversion(model, training_args, run_args, conversion, train, evaluation, task="causal_lm", data_collator=default_data_collator,
                        processing_class=tokenizer, checkpoint=model_args.model_name_or_path, dataset_name=dataset_name)
         return 0
-    result = run_pipeline(
-        model, training_args, train, evaluation, task="causal_lm", processing_class=tokenizer,
+    train_from_script(
+        model, training_args, run_args, train, evaluation, task="causal_lm", processing_class=tokenizer,
         data_collator=default_data_collator,  # fixed-length blocks: nothing to pad
-        substitution=run_args.substitution, relu_output_dir=run_args.relu_dir(training_args.output_dir, training_args.push_to_hub),
-        overwrite_relu_output=run_args.overwrite_relu_output, resume_from_checkpoint=training_args.resume_from_checkpoint,
         dataset_name=dataset_name,
     )
-    if training_args.process_index == 0:
-        print_summary(result)
     return 0
 
 

@@ -34,15 +34,20 @@ from transformers import (
 
 import hf_kgelu  # noqa: F401  (registers "kgelu")
 from hf_kgelu.data import FASHION_MNIST_LABELS, digits_splits, fashion_mnist_splits
-from hf_kgelu.pipeline import (
+from hf_kgelu.modeling import with_activation
+from hf_kgelu.presets import (
+    DIGITS_LABELS,
+    IMAGE_SIZE,
+    RAW_PIXEL_MAX,
+    image_processor_for,
+    label_maps,
+)
+from hf_kgelu.script_arguments import (
     ConversionArguments,
     parse_script_arguments,
-    print_summary,
     run_conversion,
-    run_pipeline,
-    with_activation,
+    train_from_script,
 )
-from hf_kgelu.presets import DIGITS_LABELS, IMAGE_SIZE, RAW_PIXEL_MAX, image_processor_for, label_maps
 
 logger = logging.getLogger(__name__)
 DATASETS = ("digits", "fashion_mnist", "imagefolder")
@@ -179,14 +184,10 @@ def main(argv=None) -> int:
         run_conversion(model, training_args, run_args, conversion, train, evaluation, task="classification", processing_class=processor,
                        checkpoint=model_args.model_name_or_path, dataset_name=dataset_name)
         return 0
-    result = run_pipeline(
-        model, training_args, train, evaluation, task="classification", processing_class=processor,
-        substitution=run_args.substitution, relu_output_dir=run_args.relu_dir(training_args.output_dir, training_args.push_to_hub),
-        overwrite_relu_output=run_args.overwrite_relu_output, resume_from_checkpoint=training_args.resume_from_checkpoint,
+    train_from_script(
+        model, training_args, run_args, train, evaluation, task="classification", processing_class=processor,
         dataset_name=dataset_name,
     )
-    if training_args.process_index == 0:
-        print_summary(result)
     return 0
 
 

@@ -27,8 +27,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, set_see
 
 import hf_kgelu  # noqa: F401  (registers "kgelu" and the kgelu_mlp model type)
 from hf_kgelu.data import FASHION_MNIST_LABELS, adult_splits, fashion_mnist_splits
-from hf_kgelu.pipeline import parse_script_arguments, print_summary, run_pipeline, with_activation
+from hf_kgelu.modeling import with_activation
 from hf_kgelu.presets import label_maps, mlp_config
+from hf_kgelu.script_arguments import parse_script_arguments, train_from_script
 
 logger = logging.getLogger(__name__)
 DATASETS = ("adult", "fashion_mnist")
@@ -88,14 +89,10 @@ def main(argv=None) -> int:
     set_seed(training_args.seed)
     train, evaluation, labels, dataset_name = load_data(data_args)
     model = build_model(model_args, run_args.activation, int(train[0]["pixel_values"].numel()), labels)
-    result = run_pipeline(
-        model, training_args, train, evaluation, task="classification", substitution=run_args.substitution,
-        relu_output_dir=run_args.relu_dir(training_args.output_dir, training_args.push_to_hub),
-        overwrite_relu_output=run_args.overwrite_relu_output, resume_from_checkpoint=training_args.resume_from_checkpoint,
+    train_from_script(
+        model, training_args, run_args, train, evaluation, task="classification",
         dataset_name=dataset_name, base_model=model_args.model_name_or_path if model_args.model_name_or_path and not os.path.isdir(model_args.model_name_or_path) else None,
     )
-    if training_args.process_index == 0:
-        print_summary(result)
     return 0
 
 

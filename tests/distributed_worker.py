@@ -30,13 +30,13 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import GPT2LMHeadModel, TrainerCallback  # noqa: E402
 
-from hf_kgelu.distributed import (  # noqa: E402
+from hf_kgelu.modeling import trained_sites  # noqa: E402
+from hf_kgelu.training import KGeluTrainer, KGeluTrainingArguments  # noqa: E402
+from hf_kgelu.training.distributed import (  # noqa: E402
     ThetaSyncError,
     check_theta_sync,
     gather_full_model,
 )
-from hf_kgelu.peft_utils import trained_sites  # noqa: E402
-from hf_kgelu.trainer import KGeluTrainer, KGeluTrainingArguments  # noqa: E402
 
 MAX_STEPS, SAVE_STEPS, PER_DEVICE_BATCH, LR = 8, 4, 4, 3e-3
 
@@ -117,7 +117,7 @@ def through_the_trainer_hook(model) -> tuple[str | None, int]:
     from accelerate.state import AcceleratorState
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
-    from hf_kgelu.distributed import KGeluDistributedCallback
+    from hf_kgelu.training.distributed import KGeluDistributedCallback
 
     shared = AcceleratorState._shared_state
     saved = shared.get("fsdp_plugin")
@@ -141,7 +141,6 @@ def fsdp2_theta(out: Path, rank: int) -> dict:
     """θ under FSDP2 with a bf16 parameter policy (what accelerate applies for mixed_precision: bf16)."""
     import torch.distributed as dist
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     from trainer_helpers import text_blocks
 
     model = tiny_gpt2()

@@ -4,14 +4,18 @@ import json
 
 import pytest
 import torch
+from tiny_models import tiny_inputs, tiny_model
 from torch import nn
+from trainer_helpers import text_blocks, tiny_gpt2
 
-from hf_kgelu.analysis import activation_modules, activation_sparsity, check_onnx, export_onnx
+from hf_kgelu.analysis import (
+    activation_modules,
+    activation_sparsity,
+    check_onnx,
+    export_onnx,
+)
 from hf_kgelu.cli import main as cli_main
 from hf_kgelu.relu import relu_ize
-
-from tiny_models import tiny_inputs, tiny_model
-from trainer_helpers import text_blocks, tiny_gpt2
 
 torch.set_num_threads(1)
 
@@ -87,7 +91,8 @@ def test_analyze_command_prints_a_table_and_writes_json(tmp_path, capsys):
     assert reports[1]["zero_fraction"] == 0.0 and reports[1]["layers"][0]["outputs"] == 4 * 2 * 32 * 128
     assert cli_main(["analyze", str(tmp_path / "relu"), "--data", str(tmp_path / "missing")]) == 2
     try:
-        import onnx, onnxruntime  # noqa: F401, E401
+        import onnx  # noqa: F401, E401
+        import onnxruntime
     except ImportError:
         return
     code = cli_main(["analyze", str(tmp_path / "relu"), "--data", str(tmp_path / "data"), "--split", "validation",

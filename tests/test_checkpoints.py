@@ -6,10 +6,12 @@ import textwrap
 
 import pytest
 import torch
+from tiny_models import ARCHS, MODEL_CLASSES, tiny_inputs, tiny_model
 from transformers import AutoModel
 
-from hf_kgelu import find_sites, hardness_profile, kgelu_config, theta_from_lambda
-from tiny_models import ARCHS, MODEL_CLASSES, tiny_inputs, tiny_model
+from hf_kgelu import hardness_profile, kgelu_config
+from hf_kgelu.hardness import theta_from_lambda
+from hf_kgelu.modeling import find_sites
 
 
 def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -5,23 +5,26 @@ import json
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel, GPT2LMHeadModel, Trainer, TrainingArguments
+from trainer_helpers import text_blocks, tiny_gpt2
+from transformers import (
+    BertConfig,
+    BertModel,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainingArguments,
+)
 
 from hf_kgelu import target_lambda
 from hf_kgelu.cli import main as cli_main
-from hf_kgelu.convert import (
-    EMBEDDING_TASK,
+from hf_kgelu.conversion import (
+    ConversionConfig,
     convert_gelu_to_relu,
-    distillation_loss,
-    embedding_cosine,
-    mean_pooled,
-    resolve_budget,
+    steps_from_budget,
 )
-from hf_kgelu.metrics import evaluate_model
-from hf_kgelu.modules import find_sites
-from hf_kgelu.relu import gelu_module_classes
-
-from trainer_helpers import text_blocks, tiny_gpt2
+from hf_kgelu.conversion.config import EMBEDDING_TASK
+from hf_kgelu.conversion.distill import distillation_loss
+from hf_kgelu.metrics import embedding_cosine, evaluate_model, mean_pooled
+from hf_kgelu.modeling import find_sites, gelu_module_classes
 
 torch.set_num_threads(1)
 
@@ -46,15 +49,15 @@ def pretrained(tmp_path_factory):
     return model.eval(), folder
 
 
-def test_resolve_budget(tmp_path):
-    assert resolve_budget("200", None) == 200 and resolve_budget(7, None) == 7
+def test_steps_from_budget(tmp_path):
+    assert steps_from_budget("200", None) == 200 and steps_from_budget(7, None) == 7
     (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 1000}))
-    assert resolve_budget("0.03", tmp_path) == 30 and resolve_budget("3%", tmp_path) == 30 and resolve_budget("0.0001", tmp_path) == 1
+    assert steps_from_budget("0.03", tmp_path) == 30 and steps_from_budget("3%", tmp_path) == 30 and steps_from_budget("0.0001", tmp_path) == 1
     with pytest.raises(ValueError, match="trainer_state.json"):
-        resolve_budget("0.03", tmp_path / "elsewhere")
+        steps_from_budget("0.03", tmp_path / "elsewhere")
     for bad in ("soon", "-1", "2.5"):
         with pytest.raises(ValueError, match="--budget"):
-            resolve_budget(bad, tmp_path)
+            steps_from_budget(bad, tmp_path)
 
 
 def test_distillation_loss_is_kl_and_cosine():
@@ -81,9 +84,8 @@ def test_recipes_give_a_relu_model_closer_to_the_original_than_the_direct_swap(t
     gelu, _ = pretrained
     blocks = text_blocks()
     before = {k: v.clone() for k, v in gelu.state_dict().items()}
-    swap = convert_gelu_to_relu(gelu, blocks["train"], steps=1, method="swap")
-    result = convert_gelu_to_relu(gelu, blocks["train"], steps=12, method=method, distill=distill, output_dir=tmp_path,
-                                  learning_rate=1e-3, batch_size=8)
+    swap = convert_gelu_to_relu(gelu, blocks["train"], ConversionConfig(steps=1, method="swap"))
+    result = convert_gelu_to_relu(gelu, blocks["train"], ConversionConfig(steps=12, method=method, distill=distill, learning_rate=1e-3, batch_size=8), output_dir=tmp_path)
     assert all(torch.equal(gelu.state_dict()[k], v) for k, v in before.items())  # the original is untouched
     assert _activations(result.model) == {"ReLU"} and _activations(swap.model) == {"ReLU"}
     assert result.model.config.activation_function == "relu" and not hasattr(result.model.config, "kgelu_tau")
@@ -109,9 +111,9 @@ def test_embedding_model_converts_by_distillation(tmp_path):
     rows = [{"input_ids": torch.randint(1, 97, (12,), generator=g), "attention_mask": torch.ones(12, dtype=torch.long)}
             for _ in range(64)]
     with pytest.raises(ValueError, match="distill=True"):
-        convert_gelu_to_relu(encoder, rows, steps=4, distill=False)
-    swap = convert_gelu_to_relu(encoder, rows, steps=1, method="swap")
-    result = convert_gelu_to_relu(encoder, rows, steps=20, output_dir=tmp_path, learning_rate=1e-3, batch_size=16)
+        convert_gelu_to_relu(encoder, rows, ConversionConfig(steps=4, distill=False))
+    swap = convert_gelu_to_relu(encoder, rows, ConversionConfig(steps=1, method="swap"))
+    result = convert_gelu_to_relu(encoder, rows, ConversionConfig(steps=20, learning_rate=1e-3, batch_size=16), output_dir=tmp_path)
     assert _activations(result.model) == {"ReLU"}
     held_out = [{k: torch.stack([r[k] for r in rows[i : i + 16]]) for k in rows[0]} for i in range(0, 64, 16)]
     assert embedding_cosine(swap.model, encoder, held_out) < 0.97 < 0.99 < embedding_cosine(result.model, encoder, held_out)
@@ -142,8 +144,8 @@ def test_convert_command(tmp_path, pretrained, capsys):
 
 
 def test_geometric_schedule_moves_log_lambda_linearly(tmp_path):
-    from hf_kgelu.annealing import AnnealingSchedule
-    from hf_kgelu.trainer import KGeluTrainingArguments
+    from hf_kgelu.training import KGeluTrainingArguments
+    from hf_kgelu.training.schedule import AnnealingSchedule
 
     schedule = AnnealingSchedule(0, 10, 160.0, "geometric")
     values = [schedule.lambda_at(step, 1.0) for step in range(11)]
@@ -162,7 +164,7 @@ def test_geometric_schedule_moves_log_lambda_linearly(tmp_path):
 def _site_residuals(gelu, relu, batch):
     """Per MLP: ‖reader(GELU(x)) − reader'(ReLU(x))‖ on the inputs x of that site in the GELU model."""
     from hf_kgelu.analysis import activation_modules
-    from hf_kgelu.convert import _linear_consumers
+    from hf_kgelu.conversion.readout import _linear_consumers
 
     sites = activation_modules(gelu)
     readers = _linear_consumers(gelu, sites, batch)
@@ -181,11 +183,11 @@ def _site_residuals(gelu, relu, batch):
 def test_readout_fit_reproduces_each_gelu_layer_better_than_the_swap(arch):
     from tiny_models import tiny_inputs, tiny_model
 
-    from hf_kgelu.convert import swap_with_readout_correction
+    from hf_kgelu.conversion import swap_with_readout_correction
 
     gelu = tiny_model(arch, activation="gelu")
     calibration = [tiny_inputs(arch, batch=16, seed=s) for s in range(4)]
-    swapped = convert_gelu_to_relu(gelu, None, steps=1, method="swap").model
+    swapped = convert_gelu_to_relu(gelu, None, ConversionConfig(steps=1, method="swap")).model
     fitted, report = swap_with_readout_correction(gelu, calibration, ridge=1e-6)
     bias_only, _ = swap_with_readout_correction(gelu, calibration, mode="bias")
     assert _activations(fitted) == {"ReLU"} and len(report.sites) == len(_site_residuals(gelu, fitted, calibration[0])) + (arch == "bert")
@@ -207,10 +209,9 @@ def test_readout_fit_reproduces_each_gelu_layer_better_than_the_swap(arch):
 def test_readout_recipe_beats_the_swap_on_a_trained_model(tmp_path, pretrained):
     gelu, _ = pretrained
     blocks = text_blocks()
-    swap = convert_gelu_to_relu(gelu, blocks["train"], steps=1, method="swap")
-    fitted = convert_gelu_to_relu(gelu, blocks["train"], steps=0, method="readout", batch_size=8)
-    tuned = convert_gelu_to_relu(gelu, blocks["train"], steps=6, output_dir=tmp_path, batch_size=8,
-                                 fitted=(fitted.model, fitted.report))  # the default recipe, reusing the fit
+    swap = convert_gelu_to_relu(gelu, blocks["train"], ConversionConfig(steps=1, method="swap"))
+    fitted = convert_gelu_to_relu(gelu, blocks["train"], ConversionConfig(steps=0, method="readout", batch_size=8))
+    tuned = convert_gelu_to_relu(gelu, blocks["train"], ConversionConfig(steps=6, batch_size=8), output_dir=tmp_path, fitted=(fitted.model, fitted.report))  # the default recipe, reusing the fit
     assert tuned.method == "readout_finetune" and not tuned.distill and _activations(tuned.model) == {"ReLU"}
     ppl = {name: evaluate_model(m, blocks["validation"])["perplexity"]
            for name, m in (("gelu", gelu), ("swap", swap.model), ("fit", fitted.model), ("tuned", tuned.model))}

@@ -1,4 +1,4 @@
-"""The compiled CPU kernel (hf_kgelu.cpu_kernel): built here, exact against float64, the same as
+"""The compiled CPU kernel (hf_kgelu.ops.cpu): built here, exact against float64, the same as
 the torch path, independent of the thread count, and a clean fallback when it cannot be built."""
 
 import math
@@ -8,10 +8,15 @@ import sys
 
 import pytest
 import torch
-
 from build_probe import run_probe
-from hf_kgelu import cpu_kernel
-from hf_kgelu.functional import kgelu, kgelu_backward_reference, kgelu_forward_reference, uses_cpu_kernel
+
+from hf_kgelu.ops import cpu as cpu_kernel
+from hf_kgelu.ops import (
+    kgelu,
+    kgelu_backward_reference,
+    kgelu_forward_reference,
+    uses_cpu_kernel,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -206,7 +211,7 @@ def test_half_nan_and_infinities():
 
 _FORK = """
 import os, torch
-from hf_kgelu import cpu_kernel
+from hf_kgelu.ops import cpu as cpu_kernel
 torch.set_num_threads(2)
 x, lam = torch.randn(1 << 20), torch.tensor([1.5])
 before = cpu_kernel.forward(x, lam)  # starts the parent's worker threads
@@ -229,8 +234,8 @@ def test_a_forked_child_runs_the_threaded_kernel():
 
 _PROBE = """
 import warnings, torch
-from hf_kgelu import cpu_kernel
-from hf_kgelu.functional import kgelu, kgelu_forward_reference
+from hf_kgelu.ops import cpu as cpu_kernel
+from hf_kgelu.ops import kgelu, kgelu_forward_reference
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     x = torch.randn(1000) * 3

@@ -5,15 +5,28 @@ import math
 
 import pytest
 import torch
+from trainer_helpers import (
+    StopAt,
+    ThetaWatch,
+    lambdas,
+    make_args,
+    text_blocks,
+    tiny_gpt2,
+)
 
-from hf_kgelu import find_sites, target_lambda
-from hf_kgelu.annealing import AnnealingSchedule
-from hf_kgelu.data_aware import PreActivationSampler, data_aware_targets, output_scale, smallest_lambda, swap_error
-from hf_kgelu.functional import kgelu
-from hf_kgelu.history import read_history
-from hf_kgelu.trainer import KGeluTrainer, KGeluTrainingArguments
-
-from trainer_helpers import StopAt, ThetaWatch, lambdas, make_args, text_blocks, tiny_gpt2
+from hf_kgelu import target_lambda
+from hf_kgelu.modeling import find_sites
+from hf_kgelu.ops import kgelu
+from hf_kgelu.training import KGeluTrainer, KGeluTrainingArguments
+from hf_kgelu.training.data_aware import (
+    PreActivationSampler,
+    data_aware_targets,
+    output_scale,
+    smallest_lambda,
+    swap_error,
+)
+from hf_kgelu.training.history import read_history
+from hf_kgelu.training.schedule import AnnealingSchedule
 
 torch.set_num_threads(1)
 
@@ -200,7 +213,7 @@ def test_resume_reproduces_data_targets_and_trajectory(tmp_path, data_run, stop,
 def test_stock_trainer_with_the_data_bound_says_to_use_kgelu_trainer(tmp_path):
     from transformers import Trainer
 
-    from hf_kgelu.trainer import KGeluHardnessCallback
+    from hf_kgelu.training import KGeluHardnessCallback
 
     args = make_args(tmp_path, max_steps=4, kgelu_anneal_start=0.5, kgelu_bound="data")
     trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=text_blocks()["train"], callbacks=[KGeluHardnessCallback()])

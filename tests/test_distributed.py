@@ -178,7 +178,7 @@ def test_fsdp2_theta_gradient_is_the_global_batch_mean(launched):
     import distributed_worker as worker
     from trainer_helpers import text_blocks
 
-    from hf_kgelu.peft_utils import trained_sites
+    from hf_kgelu.modeling import trained_sites
 
     blocks = text_blocks()["train"]["input_ids"][:16]
 
@@ -201,9 +201,16 @@ def test_fsdp2_wrap_list_leaves_out_the_class_holding_the_input_embeddings():
     from types import SimpleNamespace
 
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
-    from transformers import BertConfig, BertForSequenceClassification, DeiTConfig, DeiTForImageClassification, GPT2Config, GPT2LMHeadModel
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DeiTConfig,
+        DeiTForImageClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+    )
 
-    from hf_kgelu.distributed import keep_input_embeddings_wrappable
+    from hf_kgelu.training.distributed import keep_input_embeddings_wrappable
 
     def plugin(**kw):
         return SimpleNamespace(fsdp_version=2, auto_wrap_policy=transformer_auto_wrap_policy, transformer_cls_names_to_wrap=None, **kw)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_kgelu.functional import kgelu, lambda_from_theta, theta_from_lambda
-from hf_kgelu.hardness import ACT_SUP_CONSTANT
+from hf_kgelu.hardness import ACT_SUP_CONSTANT, theta_from_lambda
+from hf_kgelu.ops import kgelu, lambda_from_theta
 
 LAMBDAS = [1.0001, 1.05, 2.0, 10.0, 160.0, 500.0]
 

@@ -11,15 +11,22 @@ import textwrap
 import huggingface_hub.constants
 import pytest
 import torch
-from huggingface_hub import ModelCard
 from hub_emulator import HubEmulator
+from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 from tiny_models import tiny_model
 from transformers import GPT2Config, GPT2LMHeadModel, ViTImageProcessor
 
-from hf_kgelu import find_sites, target_lambda
+from hf_kgelu import target_lambda
+from hf_kgelu.checkpoint import Checkpoint, publish
 from hf_kgelu.cli import main as cli_main
-from hf_kgelu.hub import HubPushError, push_relu_model, render_model_card, save_relu_model
+from hf_kgelu.modeling import find_sites
+from hf_kgelu.publishing import (
+    CardDetails,
+    HubPushError,
+    push_folder,
+    render_model_card,
+)
 from hf_kgelu.relu import relu_ize, substitution_report
 
 BAD_TOKEN = "hf_SECRET_bad_token_0123456789"
@@ -52,11 +59,10 @@ def test_card_has_hub_metadata_and_a_truthful_body():
     g = torch.Generator().manual_seed(0)
     data = [{"pixel_values": torch.randn(1, 8, 8, generator=g), "labels": i % 10} for i in range(20)]
     substitution = substitution_report(model, data)
-    card_text = render_model_card(
-        report, config=relu_model.config, substitution=substitution, repo_id="alice/vit-relu", base_model="google/vit-base-patch16-224",
-        datasets=["ylecun/mnist"], eval_dataset="mnist test", plot_file="lambda_profile.png",
-        training={"eta": 10.0, "anneal_start": 0.25, "tolerance": 0.005, "bound": "gate_l1", "init": "increasing"},
-    )
+    details = CardDetails(base_model="google/vit-base-patch16-224", datasets=["ylecun/mnist"], eval_dataset="mnist test",
+                          training={"eta": 10.0, "anneal_start": 0.25, "tolerance": 0.005, "bound": "gate_l1", "init": "increasing"})
+    card_text = render_model_card(report, config=relu_model.config, details=details, comparison=substitution,
+                                  usage_id="alice/vit-relu", plot_file="lambda_profile.png")
     card = ModelCard(card_text)
     data_dict = card.data.to_dict()
     assert data_dict["library_name"] == "transformers" and data_dict["pipeline_tag"] == "image-classification"
@@ -70,19 +76,20 @@ def test_card_has_hub_metadata_and_a_truthful_body():
         assert f"| `{site.name}` | λ-GELU | {site.lam:.4g} |" in body
     assert "λ* (annealing target) | 159.6 |" in body and "η (θ learns at learning_rate × η) | 10 |" in body
     assert "hardness init | increasing |" in body and "τ (temperature of λ = 1 + softplus(θ/τ)) | 0.1 |" in body
-    assert "![per-layer λ before the swap](lambda_profile.png)" in body
+    assert "![λ of every site over the training steps, anneal start marked](lambda_profile.png)" in body
     assert 'AutoModelForImageClassification.from_pretrained("alice/vit-relu")' in body
     assert substitution.as_markdown() in body and "`hidden_act` (was `kgelu`)" in body
     assert "λ was then annealed\nto λ* = 159.6" in body
 
     # A plain GELU model swapped directly: the card must not claim λ-GELU training or annealing.
     gelu_relu, gelu_report = relu_ize(tiny_model("vit", activation="gelu"), include_gelu=True)
-    gelu_card = ModelCard(render_model_card(gelu_report, config=gelu_relu.config))
+    gelu_card = ModelCard(render_model_card(gelu_report, config=gelu_relu.config, usage_id="models/vit-relu"))
     assert "direct-swap baseline" in gelu_card.text and "trained with" not in gelu_card.text and "annealed" not in gelu_card.text
     assert "| activation sup: sup \\|xΦ(λx) − ReLU(x)\\| = 0.169971/λ | 0.17 |" in gelu_card.text
+    assert 'from_pretrained("models/vit-relu")' in gelu_card.text  # not published: the snippet names the folder
 
 
-def test_save_relu_model_writes_a_complete_folder_atomically(tmp_path, monkeypatch):
+def test_publish_writes_a_complete_folder_atomically(tmp_path, monkeypatch):
     model, relu_model, report = _relu_vit()
     source = tmp_path / "checkpoint"
     model.save_pretrained(source)
@@ -91,31 +98,34 @@ def test_save_relu_model_writes_a_complete_folder_atomically(tmp_path, monkeypat
     plot.write_bytes(b"\x89PNG\r\n\x1a\nnot really an image")
     out = tmp_path / "relu"
 
-    folder = save_relu_model(relu_model, out, report=report, source=source, plot_file=plot)
+    checkpoint = Checkpoint(model=model, processor=None, folder=source, name="checkpoint")
+    folder = publish(relu_model, report, out, source=checkpoint, plot_file=plot).folder
     assert sorted(p.name for p in folder.iterdir()) == [
         "README.md", "config.json", "lambda_profile.png", "model.safetensors", "preprocessor_config.json"]
     assert json.loads((folder / "config.json").read_text())["hidden_act"] == "relu"
-    assert "![per-layer λ before the swap](lambda_profile.png)" in (folder / "README.md").read_text()
+    card = (folder / "README.md").read_text()
+    assert "![λ of every site over the training steps, anneal start marked](lambda_profile.png)" in card
+    assert f'from_pretrained("{out}")' in card  # not pushed: the snippet loads the folder
 
     good = _folder_digest(folder)
     with pytest.raises(FileExistsError, match="--overwrite"):
-        save_relu_model(relu_model, out, report=report)
+        publish(relu_model, report, out)
     with pytest.raises(ValueError, match="relu_ize"):  # a λ-GELU model is not a ReLU model
-        save_relu_model(model, tmp_path / "other", report=report)
+        publish(model, report, tmp_path / "other")
 
-    import hf_kgelu.hub as hub_module
+    import hf_kgelu.publishing.folder as folder_module
 
     def crash(*args, **kwargs):
-        raise RuntimeError("crash while writing the card")
+        raise RuntimeError("crash while carrying the processor files")
 
-    monkeypatch.setattr(hub_module, "render_model_card", crash)
+    monkeypatch.setattr(folder_module.shutil, "copy2", crash)
     with pytest.raises(RuntimeError, match="crash"):
-        save_relu_model(relu_model, out, report=report, overwrite=True)
+        publish(relu_model, report, out, source=checkpoint, overwrite=True)
     assert _folder_digest(folder) == good  # the good folder survived, and no half folder is left beside it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "lambda_profile.png", "relu"]
     monkeypatch.undo()
 
-    save_relu_model(relu_model, out, report=report, overwrite=True)  # replaced only when complete
+    publish(relu_model, report, out, overwrite=True)  # replaced only when complete
     assert "lambda_profile.png" not in {p.name for p in out.iterdir()}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "lambda_profile.png", "relu"]
 
@@ -214,11 +224,11 @@ def test_relu_ize_cli_pushes_and_stock_transformers_loads_from_the_hub(tmp_path,
 
 def test_failed_pushes_keep_the_folder_say_how_to_retry_and_hide_the_token(tmp_path, hub, monkeypatch, capsys):
     _, relu_model, report = _relu_vit()
-    folder = save_relu_model(relu_model, tmp_path / "relu", report=report)
+    folder = publish(relu_model, report, tmp_path / "relu").folder
     before = _folder_digest(folder)
 
     with pytest.raises(HubPushError) as error:  # a wrong token: 401
-        push_relu_model(folder, "alice/vit-relu", token=BAD_TOKEN, endpoint=hub.url, private=True)
+        push_folder(folder, "alice/vit-relu", token=BAD_TOKEN, endpoint=hub.url, private=True)
     message = str(error.value)
     assert error.value.status_code == 401 and "hf auth login" in message and "HF_TOKEN" in message
     assert f"hf upload alice/vit-relu {folder} . --repo-type model --private" in message
@@ -227,7 +237,7 @@ def test_failed_pushes_keep_the_folder_say_how_to_retry_and_hide_the_token(tmp_p
 
     hub.fail_next(500)  # the server breaks
     with pytest.raises(HubPushError, match="server error") as error:
-        push_relu_model(folder, "alice/vit-relu", token=hub.token, endpoint=hub.url)
+        push_folder(folder, "alice/vit-relu", token=hub.token, endpoint=hub.url)
     assert error.value.status_code == 500 and error.value.retry_command in str(error.value)
     assert _folder_digest(folder) == before and "alice/vit-relu" not in hub.repos
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
@@ -241,15 +251,14 @@ def test_failed_pushes_keep_the_folder_say_how_to_retry_and_hide_the_token(tmp_p
     printed = capsys.readouterr()
     assert code == 1 and "Retry with" in printed.err and BAD_TOKEN not in printed.out + printed.err
     assert (tmp_path / "cli" / "model.safetensors").is_file()
+    assert 'from_pretrained("alice/vit-relu")' in (tmp_path / "cli" / "README.md").read_text()  # meant for the repo
 
     # retrying the printed way (here through the Python API, same folder) succeeds once the token is right
-    assert push_relu_model(folder, "alice/vit-relu", token=hub.token, endpoint=hub.url).endswith("/alice/vit-relu")
+    assert push_folder(folder, "alice/vit-relu", token=hub.token, endpoint=hub.url).endswith("/alice/vit-relu")
     assert hub.file("alice/vit-relu", "model.safetensors") == (folder / "model.safetensors").read_bytes()
-    # the card now names the repo, locally and on the Hub alike
-    assert 'from_pretrained("alice/vit-relu")' in (folder / "README.md").read_text()
-    assert hub.file("alice/vit-relu", "README.md") == (folder / "README.md").read_bytes()
+    assert hub.file("alice/vit-relu", "README.md") == (folder / "README.md").read_bytes()  # uploaded as it is
     commits = len(hub.repos["alice/vit-relu"]["commits"])
-    push_relu_model(folder, "alice/vit-relu", token=hub.token, endpoint=hub.url)  # again: repo exists, nothing changed
+    push_folder(folder, "alice/vit-relu", token=hub.token, endpoint=hub.url)  # again: repo exists, nothing changed
     assert len(hub.repos["alice/vit-relu"]["commits"]) == commits and hub.unhandled == []
 
 

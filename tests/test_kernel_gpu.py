@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_kgelu import functional
-from hf_kgelu.functional import kgelu, lambda_from_theta
-from hf_kgelu.modules import KGELU
+from hf_kgelu import ops as functional
+from hf_kgelu.modeling import KGELU
+from hf_kgelu.ops import kgelu, lambda_from_theta
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.gpu
@@ -80,7 +80,7 @@ def test_forward_fp32_matches_float64(lam_value, per_channel):
 @gpu
 @pytest.mark.parametrize("cdf", ["rational", "erfc", "erf"])
 def test_every_normal_cdf_form_is_accurate_in_norm(cdf, monkeypatch):
-    from hf_kgelu.kernels import CONFIG
+    from hf_kgelu.ops.triton_kernels import CONFIG
 
     monkeypatch.setitem(CONFIG, "cdf", cdf)
     x = (torch.randn(9, 41, 341, device="cuda") * 3).requires_grad_()
@@ -493,7 +493,7 @@ def _theta(values, channels=None):
 def test_theta_path_matches_the_composition(theta_value, per_channel, tau):
     """kgelu_theta computes λ = 1 + softplus(θ/τ) in the kernel: the same λ as torch, the same
     forward, and dθ = dλ·σ(θ/τ)/τ with the same partial sums."""
-    from hf_kgelu.functional import kgelu_theta
+    from hf_kgelu.ops import kgelu_theta
 
     x = (torch.randn(9, 41, 341, device="cuda") * 3).requires_grad_()
     theta = _theta(theta_value, 341 if per_channel else None).requires_grad_()
@@ -536,7 +536,7 @@ def test_kgelu_module_uses_the_fused_theta_path(dtype, monkeypatch):
 @gpu
 def test_theta_gradient_of_launches_of_every_grid_size():
     """Per site and per channel, from one program to thousands, back to back on one stream."""
-    from hf_kgelu import kernels
+    from hf_kgelu.ops import triton_kernels as kernels
 
     for rows, channels in [(3, 5), (4096, 3072), (1, 1), (777, 341), (5, 1000), (2, 7)]:
         for per_channel in (False, True):
@@ -587,7 +587,7 @@ def test_direct_launches_respect_tritons_specialisation(per_channel, monkeypatch
     """A kernel compiled for 16-byte-aligned pointers and sizes divisible by 16 must not be
     launched on a misaligned view or an odd size: the direct-launch cache keys on both. Every
     call is compared bitwise with Triton's own launch path."""
-    from hf_kgelu.kernels import kgelu as kernel_module
+    from hf_kgelu.ops import triton_kernels as kernel_module
 
     monkeypatch.setattr(kernel_module, "_compiled", {})
     storage = torch.randn(64 * 48 + 1, device="cuda")
@@ -630,7 +630,7 @@ def test_dispatch_rules(monkeypatch):
 
 
 def test_force_reference_env_var_is_read_at_import():
-    code = "import hf_kgelu.functional as f; print(f.FORCE_REFERENCE)"
+    code = "import hf_kgelu.ops as f; print(f.FORCE_REFERENCE)"
     env = dict(os.environ, HF_KGELU_FORCE_REFERENCE="1", HF_HUB_OFFLINE="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"

@@ -4,13 +4,20 @@ import math
 
 import pytest
 import torch
+from tiny_models import ARCHS, tiny_inputs, tiny_model
 from torch import nn
 from transformers import activations as hf_activations
 
 import hf_kgelu
-from hf_kgelu import KGELU, find_sites, hardness_profile, init_hardness
-from hf_kgelu.hardness import hardness_drift, init_lambdas, spearman_rho, target_lambda, tolerance_at
-from tiny_models import ARCHS, tiny_inputs, tiny_model
+from hf_kgelu import KGELU, hardness_profile, init_hardness
+from hf_kgelu.hardness import (
+    hardness_drift,
+    init_lambdas,
+    spearman_rho,
+    target_lambda,
+    tolerance_at,
+)
+from hf_kgelu.modeling import find_sites
 
 
 def test_module_parameterisation_and_setters():
@@ -87,8 +94,8 @@ def test_set_lambda_rejects_below_one_and_non_finite():
 def test_registration_is_idempotent_and_leaves_other_activations_alone():
     gelu_before = type(hf_activations.ACT2FN["gelu"])
     names_before = set(hf_activations.ACT2CLS)
-    hf_kgelu.register_kgelu()
-    hf_kgelu.register_kgelu()
+    hf_kgelu.modeling.register_kgelu()
+    hf_kgelu.modeling.register_kgelu()
     assert set(hf_activations.ACT2CLS) == names_before
     assert type(hf_activations.ACT2FN["gelu"]) is gelu_before
     a, b = hf_activations.ACT2FN["kgelu"], hf_activations.ACT2FN["kgelu"]

@@ -4,13 +4,13 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel
 from safetensors.torch import load_file
+from trainer_helpers import ThetaWatch, lambdas, make_args, text_blocks, tiny_gpt2
 
 from hf_kgelu import KGELU, target_lambda
-from hf_kgelu.peft_utils import kgelu_modules_to_save, prepare_peft_model, trained_sites
+from hf_kgelu.modeling import trained_sites
+from hf_kgelu.modeling.peft import kgelu_modules_to_save, prepare_peft_model
 from hf_kgelu.relu import relu_ize
-from hf_kgelu.trainer import KGeluTrainer
-
-from trainer_helpers import ThetaWatch, lambdas, make_args, text_blocks, tiny_gpt2
+from hf_kgelu.training import KGeluTrainer
 
 torch.set_num_threads(1)
 

@@ -2,16 +2,15 @@
 
 import pytest
 import torch
+from trainer_helpers import ThetaWatch, make_args, text_blocks, tiny_gpt2
 from transformers import GPT2LMHeadModel
 
 from hf_kgelu import target_lambda
-from hf_kgelu.history import read_history
-from hf_kgelu.hub import render_model_card
-from hf_kgelu.peft_utils import trained_sites
+from hf_kgelu.modeling import trained_sites
+from hf_kgelu.publishing import render_model_card
 from hf_kgelu.relu import relu_ize
-from hf_kgelu.trainer import KGeluTrainer
-
-from trainer_helpers import ThetaWatch, make_args, text_blocks, tiny_gpt2
+from hf_kgelu.training import KGeluTrainer
+from hf_kgelu.training.history import read_history
 
 torch.set_num_threads(1)
 
@@ -70,7 +69,7 @@ def test_per_channel_run_from_a_layerwise_model(tmp_path, monkeypatch):
 def test_per_channel_argument_refuses_peft_models(tmp_path):
     from peft import LoraConfig
 
-    from hf_kgelu.peft_utils import prepare_peft_model
+    from hf_kgelu.modeling.peft import prepare_peft_model
 
     peft_model = prepare_peft_model(tiny_gpt2(), LoraConfig(r=2, target_modules=["c_attn"]))
     with pytest.raises(ValueError, match="kgelu_per_channel.*PEFT"):

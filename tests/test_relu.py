@@ -10,14 +10,15 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 from tiny_models import VOCAB, tiny_model
+from torch import nn
 
 import hf_kgelu
-from hf_kgelu import find_sites, target_lambda
-from hf_kgelu.functional import kgelu
+from hf_kgelu import target_lambda
 from hf_kgelu.hardness import ACT_SUP_CONSTANT, BOUNDS, tolerance_at
 from hf_kgelu.metrics import accuracy, evaluate_model, perplexity
+from hf_kgelu.modeling import find_sites
+from hf_kgelu.ops import kgelu
 from hf_kgelu.relu import relu_ize, substitution_report
 
 LAMBDA_STAR = target_lambda(0.005, "gate_l1")  # ≈ 159.6, the paper's target
@@ -270,7 +271,7 @@ def test_metrics_are_exact():
 def test_eval_data_from_a_datasets_folder(tmp_path):
     from datasets import Dataset, DatasetDict
 
-    from hf_kgelu.metrics import load_eval_data
+    from hf_kgelu.data import load_eval_data
 
     model = tiny_model("vit")
     g = torch.Generator().manual_seed(5)

@@ -19,8 +19,8 @@ from transformers import (
 )
 
 from hf_kgelu.data import gpt2_tokenizer
-from hf_kgelu.pipeline import conversion_steps
-from hf_kgelu.relu import gelu_module_classes
+from hf_kgelu.modeling import gelu_module_classes
+from hf_kgelu.script_arguments import conversion_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--per_device_eval_batch_size", "64", "--report_to", "none", "--disable_tqdm", "true", "--learning_rate", "1e-3",

@@ -89,7 +89,7 @@ def test_run_tabular_relu_ize_at_end_gives_a_folder_that_loads_without_hf_kgelu(
     assert all(v == pytest.approx(200.0, rel=1e-5) for v in result["lambda_final"].values())  # annealed to λ*
     assert len(result["lambda_learned"]) == 4  # the paper's four hidden layers
     relu_dir = Path(result["relu_dir"])
-    assert {"config.json", "model.safetensors", "README.md", "models.py", "hardness.png"} <= {p.name for p in relu_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "mlp.py", "hardness.png"} <= {p.name for p in relu_dir.iterdir()}
     assert "trust_remote_code=True" in (relu_dir / "README.md").read_text()
 
     from hf_kgelu.data import adult_splits

@@ -1,4 +1,4 @@
-"""The C++ site path (`hf_kgelu.site_launcher`). On CPU: it builds, loads, declines CPU tensors and
+"""The C++ site path (`hf_kgelu.ops.native`). On CPU: it builds, loads, declines CPU tensors and
 rejects bad registrations, and a missing compiler leaves the Python launcher in charge. On a GPU
 (marked): a KGELU site's outputs and gradients through it are bitwise those of the Python launcher,
 for every dtype, odd shapes, misaligned inputs, frozen θ or input, its Python-backward fallback,
@@ -6,10 +6,11 @@ checkpointing and CUDA graphs, and it really takes the calls (its hit counter)."
 
 import pytest
 import torch
-
 from build_probe import run_probe
-from hf_kgelu import functional, site_launcher
-from hf_kgelu.modules import KGELU
+
+from hf_kgelu import ops as functional
+from hf_kgelu.modeling import KGELU
+from hf_kgelu.ops import native as site_launcher
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.gpu
@@ -34,7 +35,7 @@ def test_bad_registrations_are_refused_with_a_clear_error():
 
 _PROBE = """
 import warnings
-from hf_kgelu import site_launcher
+from hf_kgelu.ops import native as site_launcher
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     print("LOADED" if site_launcher.load() else "NOT LOADED")

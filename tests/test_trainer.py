@@ -6,16 +6,23 @@ import math
 
 import pytest
 import torch
+from trainer_helpers import (
+    ThetaWatch,
+    digits,
+    lambdas,
+    make_args,
+    text_blocks,
+    tiny_deit,
+    tiny_gpt2,
+)
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from hf_kgelu import convert_to_kgelu, target_lambda
-from hf_kgelu.annealing import AnnealingSchedule, anneal_start_step
 from hf_kgelu.cli import main as cli_main
-from hf_kgelu.history import read_history
-from hf_kgelu.peft_utils import trained_sites
-from hf_kgelu.trainer import KGeluTrainer, KGeluTrainingArguments, short_site_names
-
-from trainer_helpers import ThetaWatch, digits, lambdas, make_args, text_blocks, tiny_deit, tiny_gpt2
+from hf_kgelu.modeling import short_site_names, trained_sites
+from hf_kgelu.training import KGeluTrainer, KGeluTrainingArguments
+from hf_kgelu.training.history import read_history
+from hf_kgelu.training.schedule import AnnealingSchedule, anneal_start_step
 
 torch.set_num_threads(1)
 
@@ -219,7 +226,7 @@ def test_site_above_target_at_switch_warns_and_still_ends_at_target(tmp_path, ca
                      kgelu_lr_multiplier=0.0)
     trainer = KGeluTrainer(model=model, args=args, train_dataset=text_blocks()["train"], callbacks=[watch])
     assert all(v.item() == pytest.approx(5.0, rel=1e-6) for v in lambdas(model).values())  # init applied (θ untouched)
-    with caplog.at_level(logging.WARNING, logger="hf_kgelu.trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_kgelu.training"):
         trainer.train()
     warnings = [r.getMessage() for r in caplog.records if "above the annealing target" in r.getMessage()]
     assert len(warnings) == 1 and "h.0" in warnings[0] and "h.1" in warnings[0]
@@ -273,7 +280,7 @@ def test_plot_command_writes_a_png(tmp_path, capsys):
     png = tmp_path / "lam.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert str(png) in capsys.readouterr().out
-    assert cli_main(["plot", str(tmp_path / "missing")]) == 1
+    assert cli_main(["plot", str(tmp_path / "missing")]) == 2
     history = json.loads((tmp_path / "hardness_history.json").read_text())
     assert len(history["steps"]) == 9  # steps 0..8, one per logging step
 
@@ -285,7 +292,7 @@ def test_load_best_model_at_end_is_what_substitution_evaluates(tmp_path, caplog)
                      save_strategy="steps", save_steps=4, load_best_model_at_end=True, metric_for_best_model="eval_loss",
                      greater_is_better=True)  # "best" = highest loss: an early, mid-anneal checkpoint
     trainer = KGeluTrainer(model=model, args=args, train_dataset=blocks["train"], eval_dataset=blocks["validation"])
-    with caplog.at_level(logging.WARNING, logger="hf_kgelu.trainer"):
+    with caplog.at_level(logging.WARNING, logger="hf_kgelu.training"):
         trainer.train()
     best = trainer.state.best_model_checkpoint
     from safetensors.torch import load_file

@@ -11,8 +11,8 @@ from torch.utils.data import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback
 
 from hf_kgelu import target_lambda
-from hf_kgelu.peft_utils import trained_sites
-from hf_kgelu.trainer import KGeluTrainer, KGeluTrainingArguments
+from hf_kgelu.modeling import trained_sites
+from hf_kgelu.training import KGeluTrainer, KGeluTrainingArguments
 
 pytestmark = pytest.mark.gpu
 
@@ -88,8 +88,8 @@ import json, os, sys
 sys.path[:0] = [{tests!r}, os.path.dirname({tests!r})]
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
-from hf_kgelu.peft_utils import trained_sites
-from hf_kgelu.trainer import KGeluTrainer, KGeluTrainingArguments
+from hf_kgelu.modeling import trained_sites
+from hf_kgelu.training import KGeluTrainer, KGeluTrainingArguments
 from test_trainer_gpu import ByteBlocks
 
 torch.manual_seed(0)

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from hf_kgelu.history import read_history
-from hf_kgelu.trainer import KGeluTrainer
-
 from trainer_helpers import StopAt, ThetaWatch, make_args, text_blocks, tiny_gpt2
+
+from hf_kgelu.training import KGeluTrainer
+from hf_kgelu.training.history import read_history
 
 torch.set_num_threads(1)
 

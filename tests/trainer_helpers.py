@@ -5,11 +5,17 @@ from __future__ import annotations
 import functools
 
 import torch
-from transformers import DeiTConfig, DeiTForImageClassification, GPT2Config, GPT2LMHeadModel, TrainerCallback
+from transformers import (
+    DeiTConfig,
+    DeiTForImageClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    TrainerCallback,
+)
 
 from hf_kgelu.data import causal_lm_blocks, digits_splits, embedded_text
-from hf_kgelu.peft_utils import trained_sites
-from hf_kgelu.trainer import KGeluTrainingArguments
+from hf_kgelu.modeling import trained_sites
+from hf_kgelu.training import KGeluTrainingArguments
 
 BYTE_VOCAB = 256
 BLOCK = 32

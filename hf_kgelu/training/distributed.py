@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .modules import KGELU, find_sites, is_sharded
-from .peft_utils import trained_sites
+from ..modeling.module import KGELU, is_sharded
+from ..modeling.sites import find_sites, trained_sites
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +260,10 @@ def gather_full_model(model: nn.Module) -> nn.Module | None:
     A collective: every rank must call it. The copy is built from `model.config` with the
     model's own class and loaded from the full state dict (θ included), so it can be evaluated,
     ReLU-ized and saved on rank 0 alone, which the sharded model cannot (its forward all-gathers)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
     from torch.distributed.fsdp import FSDPModule
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -29,7 +29,14 @@ from pathlib import Path
 
 import torch
 
-from ..build_cache import LoadOnce, build, cached_path, cpu_features, find_compiler, switched_off
+from ..build_cache import (
+    LoadOnce,
+    build,
+    cached_path,
+    cpu_features,
+    find_compiler,
+    switched_off,
+)
 
 SOURCE = Path(__file__).with_name("kgelu_cpu.c")
 # -mprefer-vector-width=512 (x86 only): gcc's -march=native keeps 256-bit vectors on Intel
@@ -45,7 +52,6 @@ _CHANNEL_BLOCK_ELEMENTS = 16384  # rows per partial sum: about this many element
 
 # the C file's DTYPE_* codes
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-
 
 
 def _compiler() -> list[str] | None:

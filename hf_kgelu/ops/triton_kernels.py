@@ -56,10 +56,10 @@ import struct
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 from torch.library import wrap_triton
+from triton.language.extra import libdevice
 
-from .. import site_launcher
+from . import native as site_launcher
 
 _INV_SQRT2 = tl.constexpr(1.0 / math.sqrt(2.0))
 _INV_SQRT_2PI = tl.constexpr(1.0 / math.sqrt(2.0 * math.pi))

@@ -12,26 +12,7 @@ import copy
 
 from torch import nn
 
-from .modules import KGELU, find_sites
-
-
-def trained_sites(model: nn.Module) -> list[tuple[str, KGELU]]:
-    """The λ-GELU sites whose θ training acts on, in depth order.
-
-    Under PEFT `modules_to_save` that is the active adapter's copy of each activation: the
-    frozen `original_module` (and other adapters' copies) are left out.
-    """
-    inactive: set[int] = set()
-    for module in model.modules():
-        copies = getattr(module, "modules_to_save", None)
-        original = getattr(module, "original_module", None)
-        if isinstance(copies, nn.ModuleDict) and isinstance(original, nn.Module):
-            active = list(getattr(module, "active_adapters", None) or [])[:1]
-            inactive.update(id(m) for m in original.modules())
-            for name, copy_ in copies.items():
-                if name not in active:
-                    inactive.update(id(m) for m in copy_.modules())
-    return [(name, site) for name, site in find_sites(model) if id(site) not in inactive]
+from .sites import trained_sites
 
 
 def kgelu_modules_to_save(model: nn.Module) -> list[str]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .modules import check_lambda
+from ..hardness import check_lambda
 
 SHAPES = ("linear", "geometric")
 

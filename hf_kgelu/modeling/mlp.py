@@ -24,7 +24,12 @@ import math
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers import initialization as hf_init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import SequenceClassifierOutput

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from .functional import kgelu_theta, lambda_from_theta, theta_from_lambda
-
-DEFAULT_TAU = 0.1
-DEFAULT_LAMBDA_INIT = 1.05
+from ..hardness import (
+    DEFAULT_LAMBDA_INIT,
+    DEFAULT_TAU,
+    check_lambda,
+    check_tau,
+    lambda_from_theta,
+    theta_from_lambda,
+)
+from ..ops import kgelu_theta
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:
     """Whether `tensor` is a DTensor (θ sharded by FSDP2 between steps)."""
     return hasattr(tensor, "full_tensor") and hasattr(tensor, "device_mesh")
-
-
-def check_tau(tau: float) -> float:
-    if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
-        raise ValueError(f"τ (tau) must be a finite number > 0, got {tau!r}")
-    return float(tau)
-
-
-def check_lambda(value: float, what: str = "λ") -> float:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
-        raise ValueError(f"{what} must be a finite number ≥ 1 (λ = 1 is GELU, λ → ∞ is ReLU), got {value!r}")
-    return float(value)
 
 
 class KGELU(nn.Module):
@@ -139,8 +130,3 @@ class KGELU(nn.Module):
         lam = self.lam.detach()
         shown = f"{lam.item():.4g}" if lam.numel() == 1 else f"mean {lam.mean().item():.4g} over {lam.numel()} channels"
         return f"λ={shown}, τ={self.tau:g}" + (", frozen" if self.frozen else "")
-
-
-def find_sites(model: nn.Module) -> list[tuple[str, KGELU]]:
-    """Every λ-GELU site of `model` as (qualified name, module), in depth (registration) order."""
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, KGELU)]

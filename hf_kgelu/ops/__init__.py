@@ -30,11 +30,11 @@ import os
 import torch
 import torch.nn.functional as F
 
-from . import cpu_kernel as _cpu_kernel
-from . import site_launcher as _site_launcher
+from . import cpu as _cpu_kernel
+from . import native as _site_launcher
 
 try:
-    from . import kernels as _kernels
+    from . import triton_kernels as _kernels
 except ImportError:  # no triton (CPU-only installs): the torch path serves every device
     _kernels = None
 
@@ -49,25 +49,6 @@ _NEG_HALF_LOG2E = -0.5 / math.log(2.0)  # exp(−t/2) = exp2(t·_NEG_HALF_LOG2E)
 def lambda_from_theta(theta: torch.Tensor, tau: float) -> torch.Tensor:
     """λ = 1 + softplus(θ/τ): always ≥ 1, and exactly GELU at λ = 1."""
     return 1.0 + F.softplus(theta / tau)
-
-
-def theta_from_lambda(lam: torch.Tensor | float, tau: float) -> torch.Tensor | float:
-    """θ = τ·log(expm1(λ − 1)), computed stably for λ − 1 from 1e-30 up to 1e30.
-
-    For large y = λ − 1, log(expm1(y)) = y + log1p(−e^{−y}) avoids the overflow of expm1.
-    A number gives a number (no tensor, so it works under a meta-device context); a tensor
-    gives a float32 tensor on the same device.
-    """
-    if not isinstance(lam, torch.Tensor):
-        y = float(lam) - 1.0
-        if not math.isfinite(y) or y <= 0:
-            raise ValueError(f"λ must be finite and > 1 to be represented by a finite θ (λ = 1 is GELU), got {lam!r}")
-        return tau * (y + math.log1p(-math.exp(-y)) if y > 20.0 else math.log(math.expm1(y)))
-    y = lam.detach().to(torch.float64) - 1.0
-    if not torch.isfinite(y).all() or (y <= 0).any():
-        raise ValueError("λ must be finite and > 1 to be represented by a finite θ (λ = 1 is GELU)")
-    log_expm1 = torch.where(y > 20.0, y + torch.log1p(-torch.exp(-y)), torch.log(torch.expm1(y)))
-    return (tau * log_expm1).to(torch.float32)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

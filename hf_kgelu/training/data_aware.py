@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .hardness import ACT_SUP_CONSTANT
-from .modules import KGELU, find_sites
+from ..hardness import ACT_SUP_CONSTANT
+from ..modeling.module import KGELU
+from ..modeling.sites import find_sites
 
 DEFAULT_MAX_VALUES = 1 << 16
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)

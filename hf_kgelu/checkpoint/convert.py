@@ -1,0 +1,101 @@
+"""The convert verb: a pretrained GELU checkpoint in, a published ReLU model out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import replace
+
+from ..conversion import (
+    ConversionConfig,
+    ConversionResult,
+    convert_gelu_to_relu,
+    task_of,
+)
+from ..data import LocalData
+from ..metrics import Comparison, embedding_cosine, evaluate_model, metric_of
+from ..publishing.card import CardDetails
+from ..publishing.folder import check_output_dir, recover_interrupted_save
+from .publish import HubTarget, Published, publish
+from .relu_ize import max_positions
+from .source import Checkpoint, load_checkpoint
+
+_DONE = {
+    "readout": "every GELU was swapped for ReLU and the linear layer reading each activation was re-fitted by least "
+               "squares so that it reproduces the GELU layer's output on calibration batches (no training)",
+    "readout_finetune": "every GELU was swapped for ReLU, the linear layer reading each activation was re-fitted by "
+                        "least squares to reproduce the GELU layer's output on calibration batches, then {steps} followed",
+    "swap_finetune": "every GELU was swapped for ReLU, then {steps} followed",
+    "anneal": "every GELU became λ-GELU at λ = 1 (the same function), λ was annealed to λ* over {steps}, then every "
+              "λ-GELU was swapped for ReLU",
+    "swap": "every GELU was swapped for ReLU directly (no fit, no training)",
+}
+
+
+def conversion_details(result: ConversionResult, made_with: str, details: CardDetails | None = None) -> CardDetails:
+    """The card's account of a conversion: what was done, with which settings."""
+    steps = f"{result.steps} fine-tuning step(s){' with distillation from the GELU original' if result.distill else ''}"
+    training = {"conversion": f"{result.method}{' + distillation' if result.distill else ''}, {result.steps} steps"}
+    if result.method == "anneal":
+        training.update({key: result.settings.get(key) for key in ("anneal_start", "bound", "tolerance")})
+    if result.method.startswith("readout"):
+        training["readout fit"] = (f"least squares on {result.settings.get('calibration_batches')} batches of "
+                                   f"{result.settings.get('batch_size')}")
+    return replace(details or CardDetails(), made_by="conversion", made_with=made_with,
+                   conversion_text=_DONE[result.method].format(steps=steps), training=training)
+
+
+def measure_conversion(original, converted, data, task: str, batch_size: int = 32, collate=None) -> Comparison:
+    """The original GELU model against the converted ReLU model on the same held-out data: the task's
+    metric, or for a sentence encoder the mean cosine of its embeddings to the original's."""
+    metric, higher = metric_of(task)
+    if task == "embedding":
+        batches = [collate(data[i : i + batch_size]) for i in range(0, len(data), batch_size)]
+        return Comparison(metric, higher, 1.0, embedding_cosine(converted, original, batches))
+    return Comparison(metric, higher, evaluate_model(original, data, task, batch_size)[metric],
+                      evaluate_model(converted, data, task, batch_size)[metric])
+
+
+def _rows(data, source: Checkpoint, task: str, data_collator):
+    if isinstance(data, LocalData):
+        return data.rows(source.tokenizer, task, max_positions(source.model))
+    return data, data_collator
+
+
+def convert_checkpoint(
+    checkpoint: str | os.PathLike | Checkpoint,
+    output_dir: str | os.PathLike,
+    *,
+    data,
+    config: ConversionConfig,
+    evaluation=None,
+    data_collator=None,
+    details: CardDetails | None = None,
+    made_with: str = "`hf-kgelu convert`",
+    hub: HubTarget | None = None,
+    overwrite: bool = False,
+    training_overrides: dict | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> Published:
+    """Load a GELU checkpoint (or take a loaded `Checkpoint`), convert it with `config` on `data`,
+    measure original vs ReLU on `evaluation`, then write and push the folder (`publish`).
+
+    `data` and `evaluation` are files on disk (`LocalData`, read with the checkpoint's tokenizer) or
+    datasets already prepared (rows of model inputs, batched by `data_collator`)."""
+    output_dir = check_output_dir(output_dir, overwrite)  # fail before training, not after
+    recover_interrupted_save(output_dir)
+    source = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    task = config.task or task_of(source.model)
+    config = replace(config, task=task)
+    train, collate = _rows(data, source, task, data_collator)
+    distilling = config.trains and (config.distill or (config.distill is None and task == "embedding"))
+    log(f"converting {source.name} ({type(source.model).__name__}, {task}) with {config.method}"
+        f"{' + distillation' if distilling else ''}{f' for {config.steps} steps' if config.trains else ''}")
+    result = convert_gelu_to_relu(source.model, train, config, data_collator=collate, training_overrides=training_overrides)
+    comparison = None
+    if evaluation is not None:
+        held_out, eval_collate = _rows(evaluation, source, task, data_collator)
+        comparison = measure_conversion(source.model, result.model, held_out, task, collate=eval_collate)
+        log(f"{comparison.metric}: GELU {comparison.original:.4f} → ReLU {comparison.relu:.4f}")
+    return publish(result.model, result.report, output_dir, comparison=comparison,
+                   details=conversion_details(result, made_with, details), source=source, overwrite=overwrite, hub=hub)

@@ -1,0 +1,124 @@
+"""Makes "kgelu" a transformers activation and keeps θ right through construction and loading.
+
+Importing `hf_kgelu` calls `register_kgelu()`, which
+- adds "kgelu" to both `ACT2CLS` and `ACT2FN` (the latter is a copy, so both need it); every
+  lookup builds a fresh `KGELU`, so every activation site owns its θ;
+- wraps `PreTrainedModel.post_init` so that a model whose sites are KGELU reads its kgelu
+  settings from the config (`kgelu_tau`, `kgelu_init`, `kgelu_lambda_init`,
+  `kgelu_lambda_range`, `kgelu_per_channel`) and keeps θ in float32 when loaded in bf16/fp16;
+- wraps `PreTrainedModel._initialize_weights` so that θ is initialised through the model's own
+  init path with the guarded `transformers.initialization.copy_`: a GELU checkpoint loaded into
+  a "kgelu" config gets θ at its intended value instead of uninitialised memory, and a loaded θ
+  is never overwritten.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import activations as hf_activations
+from transformers import initialization as hf_init
+
+from ..hardness import (
+    DEFAULT_LAMBDA_INIT,
+    DEFAULT_LAMBDA_RANGE,
+    init_lambdas,
+    theta_from_lambda,
+)
+from .config import KGELU_NAME, setting
+from .module import KGELU
+from .sites import find_sites, infer_num_channels
+
+
+def register_kgelu() -> None:
+    """Register "kgelu" in `ACT2CLS` and `ACT2FN`, and install the init hooks. Idempotent."""
+    hf_activations.ACT2CLS[KGELU_NAME] = KGELU
+    hf_activations.ACT2FN[KGELU_NAME] = KGELU
+    if not getattr(PreTrainedModel.post_init, "_hf_kgelu_hook", False):
+        PreTrainedModel.post_init = _wrap_post_init(PreTrainedModel.post_init)
+    if not getattr(PreTrainedModel._initialize_weights, "_hf_kgelu_hook", False):
+        PreTrainedModel._initialize_weights = _wrap_initialize_weights(PreTrainedModel._initialize_weights)
+
+
+def configure_sites(model: nn.Module) -> None:
+    """Apply the config's kgelu settings to every site of `model` and record each site's initial λ."""
+    sites = find_sites(model)
+    config = getattr(model, "config", None)
+    if not sites or config is None:
+        return
+    tau = setting(config, "kgelu_tau", None)
+    per_channel = bool(setting(config, "kgelu_per_channel", False))
+    targets = init_lambdas(
+        len(sites),
+        setting(config, "kgelu_init", "uniform"),
+        setting(config, "kgelu_lambda_init", DEFAULT_LAMBDA_INIT),
+        tuple(setting(config, "kgelu_lambda_range", DEFAULT_LAMBDA_RANGE)),
+    )
+    for (name, site), target in zip(sites, targets):
+        if tau is not None:
+            site.tau = float(tau)
+        if per_channel and not site.per_channel:
+            site.resize_channels(infer_num_channels(model, name))
+        site.initial_lambda = target
+        # A submodel's post_init ran first with its own depth order: let the outermost one decide.
+        site._is_hf_initialized = False
+    if isinstance(model, PreTrainedModel):
+        keep = set(model._keep_in_fp32_modules_strict or [])
+        model._keep_in_fp32_modules_strict = keep | {f"{name}.theta" for name, _ in sites}
+
+
+def _wrap_post_init(post_init):
+    @functools.wraps(post_init)
+    def wrapped(self):
+        configure_sites(self)
+        return post_init(self)
+
+    wrapped._hf_kgelu_hook = True
+    return wrapped
+
+
+def _wrap_initialize_weights(initialize_weights):
+    @functools.wraps(initialize_weights)
+    def wrapped(self, module, is_custom_code: bool = False):
+        if not isinstance(module, KGELU):
+            return initialize_weights(self, module, is_custom_code)
+        if getattr(module, "_is_hf_initialized", False) or module.theta.is_meta:
+            return None
+        lam = max(getattr(module, "initial_lambda", DEFAULT_LAMBDA_INIT), 1.0 + 1e-6)
+        value = torch.full_like(module.theta, theta_from_lambda(lam, module.tau))
+        hf_init.copy_(module.theta, value)  # guarded: a θ loaded from the checkpoint is kept
+        module._is_hf_initialized = True
+        return None
+
+    wrapped._hf_kgelu_hook = True
+    return wrapped
+
+
+def _wrap_post_init(post_init):
+    @functools.wraps(post_init)
+    def wrapped(self):
+        configure_sites(self)
+        return post_init(self)
+
+    wrapped._hf_kgelu_hook = True
+    return wrapped
+
+
+def _wrap_initialize_weights(initialize_weights):
+    @functools.wraps(initialize_weights)
+    def wrapped(self, module, is_custom_code: bool = False):
+        if not isinstance(module, KGELU):
+            return initialize_weights(self, module, is_custom_code)
+        if getattr(module, "_is_hf_initialized", False) or module.theta.is_meta:
+            return None
+        lam = max(getattr(module, "initial_lambda", DEFAULT_LAMBDA_INIT), 1.0 + 1e-6)
+        value = torch.full_like(module.theta, theta_from_lambda(lam, module.tau))
+        hf_init.copy_(module.theta, value)  # guarded: a θ loaded from the checkpoint is kept
+        module._is_hf_initialized = True
+        return None
+
+    wrapped._hf_kgelu_hook = True
+    return wrapped

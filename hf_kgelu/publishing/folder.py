@@ -1,0 +1,170 @@
+"""Writing a model folder so that it is complete or absent, never half-written, and a drop-in for
+its source: every file a client reads beside the weights comes along.
+
+The folder is written into a hidden staging folder beside the target (`.NAME.tmp-*`) and only
+then put in place. Replacing an existing folder (`overwrite=True`) swaps the two in one atomic
+step where the system can (Linux `renameat2(RENAME_EXCHANGE)`), so the old folder stays visible
+under its name until the new one is complete; elsewhere two renames, with the old folder kept
+hidden (`.NAME.old-*`) in between. A save that was killed leaves at most those hidden folders;
+the next save into the same place puts a missing folder back from them and removes the rest,
+saying so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Files of a tokenizer or image/feature processor that travel verbatim from the source checkpoint.
+PROCESSOR_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+    "chat_template.jinja", "chat_template.json", "preprocessor_config.json", "processor_config.json",
+    "image_processor_config.json", "video_preprocessor_config.json", "feature_extractor_config.json",
+)
+# sentence-transformers reads these beside the weights, plus each module folder modules.json lists.
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+_STAGING, _RETIRED = "tmp", "old"
+
+
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse an existing non-empty folder (or a file) unless `overwrite`; returns the absolute path."""
+    output_dir = Path(output_dir).expanduser().absolute()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise FileExistsError(f"{output_dir} exists and is not a folder: choose another output folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} exists and is not empty: pass overwrite=True (--overwrite) to replace it, or choose another folder"
+        )
+    return output_dir
+
+
+def _hidden(output_dir: Path, kind: str) -> list[Path]:
+    return sorted(output_dir.parent.glob(f".{output_dir.name}.{kind}-*"))
+
+
+def recover_interrupted_save(output_dir: str | os.PathLike) -> list[str]:
+    """Undo what a killed save left beside `output_dir`: a missing folder comes back from its hidden
+    retired copy; other leftovers are removed. Returns what was done, one line each (also logged)."""
+    output_dir = Path(output_dir).expanduser().absolute()
+    done = []
+    retired = [inner for folder in _hidden(output_dir, _RETIRED) for inner in [folder / output_dir.name] if inner.is_dir()]
+    if retired and not output_dir.exists():
+        os.rename(retired[-1], output_dir)
+        done.append(f"restored {output_dir} from an interrupted replacement ({retired[-1].parent.name})")
+    for leftover in _hidden(output_dir, _RETIRED) + _hidden(output_dir, _STAGING):
+        shutil.rmtree(leftover, ignore_errors=True)
+        done.append(f"removed {leftover.name}, left by an interrupted save")
+    for line in done:
+        logger.warning("%s", line)
+    return done
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two folders atomically (Linux renameat2 with RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this file system or kernel cannot
+        return False
+    raise OSError(error, os.strerror(error), str(second))
+
+
+def _move_into_place(staging: Path, output_dir: Path) -> None:
+    """Put the finished `staging` folder at `output_dir`; the old folder stays visible until then."""
+    if not output_dir.exists():
+        os.rename(staging, output_dir)
+        return
+    if _exchange(staging, output_dir):
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the old folder
+        return
+    retired = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.{_RETIRED}-"))
+    os.rename(output_dir, retired / output_dir.name)
+    try:
+        os.rename(staging, output_dir)
+    except BaseException:
+        os.rename(retired / output_dir.name, output_dir)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def carried_files(source: Path) -> list[Path]:
+    """The files (and sentence-transformers module folders) of a checkpoint folder that a client
+    reads beside the weights and config: tokenizer, processor, sentence-transformers modules."""
+    found = [source / name for name in (*PROCESSOR_FILES, *SENTENCE_TRANSFORMERS_FILES) if (source / name).is_file()]
+    modules = source / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text(encoding="utf-8")):
+            path = module.get("path") if isinstance(module, dict) else None
+            if path and (source / path).is_dir():
+                found.append(source / path)
+    return found
+
+
+def _copy_into(paths: Iterable[Path], source: Path, staging: Path) -> None:
+    for path in paths:
+        target = staging / path.relative_to(source)
+        if target.exists():  # written by save_pretrained (config, processor): the rewritten one wins
+            continue
+        if path.is_dir():
+            shutil.copytree(path, target)
+        else:
+            shutil.copy2(path, target)
+
+
+def write_model_folder(
+    model,
+    output_dir: str | os.PathLike,
+    *,
+    card: str,
+    processor=None,
+    source: str | os.PathLike | None = None,
+    extra_files: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+    check=None,
+) -> Path:
+    """Write `model` (safetensors weights, config, generation config), its `processor` (tokenizer,
+    image processor or processor), the files a client reads from the `source` checkpoint folder
+    (`carried_files`), `extra_files` (copied in by name) and README.md (`card`) as one folder.
+
+    `check(staging_folder)` may refuse the written folder (raise) before it is put in place. An
+    existing non-empty `output_dir` is replaced only with `overwrite=True`, and only once the new
+    folder is complete. Returns the folder's path."""
+    output_dir = Path(output_dir).expanduser().absolute()
+    recover_interrupted_save(output_dir)
+    output_dir = check_output_dir(output_dir, overwrite)
+    source = Path(source).expanduser().absolute() if source is not None else None
+    if source is not None and source == output_dir:
+        raise ValueError(f"the output folder {output_dir} is the source checkpoint: write the ReLU model somewhere else")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.{_STAGING}-"))
+    try:
+        model.save_pretrained(staging)
+        if processor is not None:
+            processor.save_pretrained(staging)
+        if source is not None and source.is_dir():
+            _copy_into(carried_files(source), source, staging)
+        for path in map(Path, extra_files):
+            shutil.copy2(path, staging / path.name)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        if check is not None:
+            check(staging)
+        _move_into_place(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
