@@ -50,5 +50,10 @@ bench: setup
 	@if $(BIN)/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
 	  $(BIN)/python -m benchmarks.kernel; else $(BIN)/python -m benchmarks.cpu; fi
 
+# docs/results.md from benchmarks/results/*.csv (the report needs only the standard library).
+.PHONY: results
+results:
+	$(PYTHON) -m benchmarks.report
+
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
