@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import harness, kernel, models, report, train_step
+from benchmarks.report import paper
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -244,7 +245,7 @@ def test_paper_rows_render_as_the_paper_tables():
     rows += [row(what="paper_grid", variant=f"mlp-adult/tau={t} eta={e}", shape=shape, metric=m, p50=p50, p20="0", p80=p80, **cmd)
              for t, e, m, p50, p80 in (("0.1", "10", "delta_bvs", "-0.001", "0.001"), ("1", "1", "delta_bvs", "0.0", "0.001"),
                                         ("0.1", "10", "drift", "0.05", "0.06"), ("1", "1", "drift", "0.0003", "0.0004"))]
-    text = report.paper_tables(rows)
+    text = paper.paper_tables(rows)
     assert "| GELU | 3 | 0.8490 ± 0.0007 | 4.0 ± 1.0 | – | – |" in text
     assert "| λ-GELU annealed → ReLU | 0.8000 |" in text
     assert "#### τ × η grid (§IV-A) on mlp-adult" in text and "best mean ΔBVS is at τ = 1, η = 1 (+0.0000)" in text
