@@ -2,6 +2,8 @@
 report that renders docs/results.md from the CSVs, and the scripts' CPU-runnable parts."""
 
 import csv
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -251,6 +253,32 @@ def test_paper_rows_render_as_the_paper_tables():
     assert "#### τ × η grid (§IV-A) on mlp-adult" in text and "best mean ΔBVS is at τ = 1, η = 1 (+0.0000)" in text
     assert "within one seed standard deviation" in text
     assert text.startswith("Source: `python scripts/reproduce.py --preset smoke` on `cpu-x` (test machine)")
+
+
+def test_reproduce_writes_its_tables_as_rows():
+    """scripts/reproduce.py's output part: PipelineResults of fake runs -> rows of the schema
+    (tests/test_reproduce.py runs the script end to end)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import reproduce
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    settings, grid = reproduce.presets("smoke")
+    results = {}
+    for variant in reproduce.VARIANTS:
+        for seed in (0, 1):
+            results[reproduce.Run("mlp-adult", variant, seed)] = types.SimpleNamespace(
+                best_score=0.8 + seed / 100, best_epoch=1.0, mean_lambda=None if variant in ("gelu", "relu") else 1.5,
+                drift=0.1, lambda_learned={"layers.0": 1.0 + seed, "layers.1": 2.0},
+                substitution={"before": 0.8, "after": 0.79, "loss_before": 0.3, "loss_after": 0.31})
+    rows = reproduce.paper_rows(settings, grid, results, [0, 1])
+    by = {(what, variant, metric): stats for what, variant, metric, stats, _ in rows}
+    assert by[("paper_table1", "mlp-adult/gelu", "best_val_accuracy")].p50 == pytest.approx(0.805)
+    assert by[("paper_table1", "mlp-adult/gelu", "seeds")] == harness.Stats(2.0)
+    assert ("paper_table1", "mlp-adult/gelu", "mean_lambda") not in by
+    assert by[("paper_table2", "mlp-adult/kgelu-annealed", "change")].p50 == pytest.approx(-0.01)
+    assert ("paper_fig3", "mlp-adult/uniform", "lambda layers.0") in by
+    assert by[("paper_grid", "mlp-adult/tau=0.1 eta=10", "delta_bvs")].p50 == 0.0
 
 
 # ---- docs/results.md is generated ----------------------------------------------------------------
