@@ -31,6 +31,19 @@ def _grid_cell(variant: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
+def _per_setting(rows: list[dict], idx: Index, what: str, name: str, variants: dict[str, str], prefix: str,
+                 cells: Callable) -> tuple[str | None, list]:
+    """One setting's table body: per variant that has the `prefix…` metric, its label and
+    cells(get, metric), where get(m) is the variant's row of metric m. Also returns that metric."""
+    metric = next((r["metric"] for r in rows if r["what"] == what and _setting(r)[0] == name and r["metric"].startswith(prefix)), None)
+    body = []
+    for variant, text in variants.items() if metric else ():
+        get = functools.partial(idx.get, what, f"{name}/{variant}")
+        if get(metric):
+            body.append(([text, *cells(get, metric)], [get(metric)]))
+    return metric, body
+
+
 def paper_tables(rows: list[dict]) -> str:
     """The tables of one preset from its paper_* rows (also scripts/reproduce.py's own report)."""
     settings = {}  # name -> shape ("title — description"), in order
@@ -48,18 +61,12 @@ def paper_tables(rows: list[dict]) -> str:
                "annealed run); drift D is the mean over epoch boundaries of the mean |Δλ| per site between consecutive "
                "epochs (learning phase only).")
     for name in settings:
-        block = [r for r in rows if r["what"] == "paper_table1" and _setting(r)[0] == name]
-        score = next((r["metric"] for r in block if r["metric"].startswith("best_val_")), None)
-        if not score:
-            continue
-        body = []
-        for variant, text in PAPER_VARIANTS.items():
-            get = lambda m: idx.get("paper_table1", f"{name}/{variant}", m)  # noqa: E731
-            if get(score):
-                body.append(([text, num(idx.value("paper_table1", f"{name}/{variant}", "seeds"), 0), mean_std(get(score)),
-                              mean_std(get("best_epoch"), 1), mean_std(get("mean_lambda"), 3), mean_std(get("drift"))], [get(score)]))
-        out.append(f"**{title[name]}** (`{name}`)\n\n" + tab(
-            ["run", "seeds", score.replace("_", " ").replace("best val", "best val"), "epoch", "mean λ", "drift D"], body))
+        score, body = _per_setting(rows, idx, "paper_table1", name, PAPER_VARIANTS, "best_val_", lambda get, m: [
+            mean_std(get("seeds"), 0), mean_std(get(m)), mean_std(get("best_epoch"), 1), mean_std(get("mean_lambda"), 3),
+            mean_std(get("drift"))])
+        if body:
+            out.append(f"**{title[name]}** (`{name}`)\n\n" + tab(
+                ["run", "seeds", score.replace("_", " "), "epoch", "mean λ", "drift D"], body))
 
     out.append("#### Layerwise λ and robustness to the init profile (Fig. 3)\n\nλ per site at the end of training, mean over "
                "seeds, for the three init profiles (uniform λ = 1.05; increasing/decreasing: linear from 1.05 to 2.0 across "
@@ -86,19 +93,12 @@ def paper_tables(rows: list[dict]) -> str:
                "directly, the λ-GELU model after annealing to λ* (ε = 0.005, gate-L1 bound: λ* ≈ 159.6; λ learned for the "
                "first 25 % of the steps, then annealed), and for reference the λ-GELU models that learned λ without annealing.")
     for name in settings:
-        block = [r for r in rows if r["what"] == "paper_table2" and _setting(r)[0] == name]
-        original = next((r["metric"] for r in block if r["metric"].startswith("original_")), None)
-        if not original:
-            continue
-        loss = any(r["metric"] == "change_val_loss" for r in block)
-        body = []
-        for variant, text in SWAP_VARIANTS.items():
-            get = lambda m: idx.get("paper_table2", f"{name}/{variant}", m)  # noqa: E731
-            if get(original):
-                cells = [text, mean_std(get(original)), mean_std(get("after_relu_swap")), mean_std(get("change"))]
-                body.append((cells + ([mean_std(get("change_val_loss"))] if loss else []), [get(original)]))
-        headers = ["model", original.replace("_", " "), "after ReLU swap", "change"] + (["change of val loss"] if loss else [])
-        out.append(f"**{title[name]}**\n\n" + tab(headers, body))
+        loss = any(r["metric"] == "change_val_loss" and _setting(r)[0] == name for r in rows if r["what"] == "paper_table2")
+        original, body = _per_setting(rows, idx, "paper_table2", name, SWAP_VARIANTS, "original_", lambda get, m: [
+            mean_std(get(m)), mean_std(get("after_relu_swap")), mean_std(get("change"))] + ([mean_std(get("change_val_loss"))] if loss else []))
+        if body:
+            headers = ["model", original.replace("_", " "), "after ReLU swap", "change"] + (["change of val loss"] if loss else [])
+            out.append(f"**{title[name]}**\n\n" + tab(headers, body))
 
     grid = [r for r in rows if r["what"] == "paper_grid"]
     if grid:
