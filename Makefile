@@ -48,7 +48,12 @@ test-gpu:
 # GPU benchmarks need CUDA (run them on the GPU machine); here, the CPU path against F.gelu.
 bench: setup
 	@if $(BIN)/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
-	  $(BIN)/python benchmarks/bench_kernel.py; else $(BIN)/python benchmarks/bench_cpu.py; fi
+	  $(BIN)/python -m benchmarks.kernel; else $(BIN)/python -m benchmarks.cpu; fi
+
+# docs/results.md from benchmarks/results/*.csv (the report needs only the standard library).
+.PHONY: results
+results:
+	$(PYTHON) -m benchmarks.report
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

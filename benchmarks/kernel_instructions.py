@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def load_kernels(path: str | None):
     if path is None:
-        from hf_kgelu.kernels import kgelu
+        from hf_kgelu.ops import triton_kernels as kgelu
 
         return kgelu
     spec = importlib.util.spec_from_file_location("kgelu_under_test", path)
@@ -103,7 +103,7 @@ def issue_order(opcodes: list[str]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--module", default=None, help="a kgelu.py to load instead of hf_kgelu.kernels.kgelu")
+    parser.add_argument("--module", default=None, help="a kgelu.py to load instead of hf_kgelu.ops.triton_kernels")
     parser.add_argument("--order", action="store_true", help="also print the issue order of loads, exp2s and stores")
     parser.add_argument("--per-channel", action="store_true",
                         help="also the per-channel kernels (3072 channels). Their backward loops over row "

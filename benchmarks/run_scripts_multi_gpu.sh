@@ -2,19 +2,22 @@
 # run_clm.py and run_image_classification.py under `accelerate launch`, as users run them:
 # 1 process (the single-GPU reference) vs 2 processes with DDP and with FSDP2, the same global
 # batch (16) split over the processes; then a DDP run resumed from its step-12 checkpoint in a
-# fresh folder; then compare_script_runs.py (final ReLU models, λ trajectories, anneal step,
-# θ-sync logs, checkpoints written once). Tiny models without dropout, 24 steps each.
-# Writes summary.json and log.txt under $1. Needs `datasets` (carry wheels to a GPU machine).
+# fresh folder; then `python -m benchmarks.multi_gpu --compare-scripts` (final ReLU models, λ, anneal
+# step, θ-sync logs, checkpoints written once). Tiny models without dropout, 24 steps each.
+# The rows go to $1/<machine kind>.csv, with log.txt. Needs `datasets` (carry wheels to a GPU machine).
 #   bash benchmarks/run_scripts_multi_gpu.sh outputs/multi_gpu_scripts
 # CPU smoke test (gloo, no FSDP): DDP_CONFIG=cpu.yaml FSDP_CONFIG=none SCRIPT_EXTRA="--use_cpu true".
-# ONLY="image-fsdp2 clm-1" runs just those launches; LAUNCH_EXTRA="--mixed_precision no" goes to
-# accelerate launch (fp32: the 1-vs-2-process difference is then rounding of the reduction order).
+# ONLY="image-fsdp2 clm-1" runs just those launches; PRECISION=fp32 launches with --mixed_precision no
+# (the 1-vs-2-process difference is then rounding of the reduction order); LAUNCH_EXTRA goes to
+# accelerate launch.
 set -uo pipefail
 out=${1:-outputs/multi_gpu_scripts}
 mkdir -p "$out"
 runs=$(mktemp -d)
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=warning PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=warning PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" BENCH_RESULTS="$out"
+precision=${PRECISION:-bf16}
+[ "$precision" = fp32 ] && LAUNCH_EXTRA="${LAUNCH_EXTRA:-} --mixed_precision no"
 py=${PYTHON:-python3}
 common=(--max_steps 24 --save_strategy steps --save_steps 12 --eval_strategy no --logging_steps 4 --report_to none
         --disable_tqdm true --kgelu_anneal_start 0.25 --relu_ize_at_end --seed 0 --dataloader_pin_memory false
@@ -42,7 +45,7 @@ for name in clm image; do
 done
 [ -d "$runs/clm-ddp2/checkpoint-12" ] && mkdir -p "$runs/clm-ddp2-resumed" && cp -r "$runs/clm-ddp2/checkpoint-12" "$runs/clm-ddp2-resumed/"
 launch clm-ddp2-resumed "${DDP_CONFIG:-ddp.yaml}" 2 clm --resume_from_checkpoint last
-$py benchmarks/compare_script_runs.py "$runs" --out "$out/summary.json" 2>&1 | tee -a "$out/log.txt"
+$py -m benchmarks.multi_gpu --compare-scripts "$runs" --dtype "$precision" 2>&1 | tee -a "$out/log.txt"
 for f in "$runs"/*.log; do  # the first error of a failed rank, then the end
   { echo "===== $(basename "$f")"; grep -m1 -B3 -A40 "Traceback" "$f"; echo "-- last lines:"; tail -n 12 "$f"; } >> "$out/log.txt"
 done

@@ -18,10 +18,12 @@ the linear layer that reads each activation, (e) (e0) + fine-tune, (e+KD) with d
 against the GELU model fine-tuned with the same budget (the control). A "ReLU-compatibility" trace
 records the swapped model's metric during the 10 % anneal of (c) and (c-data).
 
-    python scripts/convert_benchmark.py --output-dir outputs/convert_benchmark   # ≈ 20-25 min on 2 CPU cores
-    python scripts/convert_benchmark.py --quick --output-dir /tmp/cb             # smoke test, ≈ 1 min
+    python scripts/convert_benchmark.py --output-dir outputs/convert_benchmark --update-docs   # ≈ 20-25 min on 2 CPU cores
+    python scripts/convert_benchmark.py --quick --output-dir /tmp/cb                          # smoke test, ≈ 1 min
 
-Writes results.json and results.md (the tables of docs/results.md) into --output-dir.
+Writes results.json and results.md into --output-dir; the tables are rows of the benchmarks' one
+schema (benchmarks/harness.py), and --update-docs appends them to benchmarks/results/<machine
+kind>.csv and regenerates docs/results.md (`python -m benchmarks.report`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import logging
 import math
 import platform
+import re
 import sys
 import time
 from datetime import datetime, timezone
@@ -57,6 +60,12 @@ from hf_kgelu.data import causal_lm_blocks, fashion_mnist_splits, python_docs_te
 from hf_kgelu.metrics import embedding_cosine, evaluate_model
 from hf_kgelu.presets import deit_config
 from hf_kgelu.relu import relu_ize
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository's benchmarks package (results schema, tables): not installed
+from benchmarks import harness, report  # noqa: E402
+from benchmarks.report.conversion import conversion_tables  # noqa: E402
+from benchmarks.report.tables import Results  # noqa: E402
 
 BUDGETS = (0.01, 0.03, 0.10)
 RECIPES = {  # label: (method, distill, bound, anneal shape)
@@ -234,21 +243,34 @@ def minilm_part(a, out):
 # ---- report ---------------------------------------------------------------------------------------
 
 
-def table(rows, model, metric, higher_is_better):
-    budgets = sorted({(r["budget"], r["steps"]) for r in rows if r["model"] == model and r["steps"] > 0}, key=lambda b: b[1])
-    recipes = list(dict.fromkeys(r["recipe"] for r in rows if r["model"] == model and r["steps"] > 0))
-    fixed = [r for r in rows if r["model"] == model and r["steps"] == 0]
-    heads = [f"{b:.0%} ({s} steps)" if isinstance(b, float) else f"{s} steps" for b, s in budgets]
-    lines = [f"| {model}: {metric} | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(budgets)]
-    for r in fixed:
-        lines.append(f"| {r['recipe']} | " + " | ".join(f"{r['score']:.4f}" for _ in budgets) + " |")
-    for recipe in recipes:
-        cells = []
-        for budget, steps in budgets:
-            row = next(r for r in rows if r["model"] == model and r["recipe"] == recipe and r["steps"] == steps)
-            cells.append(f"{row['score']:.4f}")
-        lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def recipe_id(label: str) -> str:
+    """The `variant` of a recipe's rows: "(b+KD) swap + FT + distill" -> "b+kd", "GELU control (…)" -> "gelu-control"."""
+    if label.startswith("GELU"):
+        return "gelu-pretrained" if "pretrained" in label else "gelu-control"
+    return re.match(r"\((.+?)\)", label).group(1).lower()
+
+
+def budget_label(row: dict) -> str:
+    if not row["steps"]:
+        return "no training"
+    budget = row["budget"]
+    return f"{budget * 100:g} % ({row['steps']} steps)" if isinstance(budget, float) else f"{row['steps']} steps"
+
+
+def record(results: dict, recorder: harness.Recorder) -> None:
+    """The scores, and the ReLU-compatibility traces, as rows: conversion / conversion_trace."""
+    metrics = {"GPT-2": "perplexity", "DeiT": "accuracy", "MiniLM": "cosine"}
+    for row in results["rows"]:
+        recorder.add("conversion", recipe_id(row["recipe"]), metrics[row["model"]], row["score"], dtype="float32",
+                     shape=f"{row['model']} | {budget_label(row)}")
+    for traces in results["traces"].values():
+        for label, trace in traces.items():
+            last = max(t["step"] for t in trace)
+            for t in trace:
+                for metric, value in t.items():
+                    if metric != "step":
+                        recorder.add("conversion_trace", recipe_id(label), metric, value, dtype="float32",
+                                     shape=f"GPT-2 | step {t['step']} of {last}")
 
 
 def main(argv=None) -> int:
@@ -274,6 +296,10 @@ def main(argv=None) -> int:
     parser.add_argument("--minilm-batch", type=int, default=8)
     parser.add_argument("--minilm-lr", type=float, default=2e-5)
     parser.add_argument("--minilm-steps", type=int, nargs=3, default=[5, 15, 50])
+    parser.add_argument("--update-docs", action="store_true",
+                        help="append the rows to benchmarks/results/<machine kind>.csv (or --results) and regenerate docs/results.md")
+    parser.add_argument("--results", default=None, help="--update-docs: the folder of the per-kind CSVs")
+    parser.add_argument("--machine-kind", default=None, help="the machine kind naming the CSV (default: detected)")
     a = parser.parse_args(argv)
     if a.quick:
         a.gpt2_chars, a.gpt2_steps, a.gpt2_eval_blocks, a.gpt2_layers, a.gpt2_width = 200_000, 100, 32, 2, 64
@@ -298,16 +324,16 @@ def main(argv=None) -> int:
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     results["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    md = [f"`{results['command']}` — {results['date']}, {results['machine']}, {results['seconds'] / 60:.1f} min", ""]
-    for model, metric, higher in (("GPT-2", "perplexity", False), ("DeiT", "accuracy", True), ("MiniLM", "cosine", True)):
-        if any(r["model"] == model for r in results["rows"]):
-            md += [table(results["rows"], model, metric, higher), ""]
-    for part, traces in results["traces"].items():
-        for label, trace in traces.items():
-            md.append(f"{part} {label}: " + ", ".join(f"step {t['step']} (mean λ {t['mean_lambda']:.3g}): "
-                                                       f"{[v for k, v in t.items() if k not in ('step', 'mean_lambda')][0]:.4f}" for t in trace))
-    (out / "results.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    recorder = harness.Recorder("scripts/convert_benchmark.py", sys.argv[1:] if argv is None else argv, kind=a.machine_kind,
+                                results=a.results, save=a.update_docs, device=harness.cpu_description())
+    record(results, recorder)
+    rows = Results([dict(row, kind=recorder.kind) for row in recorder.rows])
+    md = [f"`{results['command']}` — {results['date']}, {results['machine']}, {results['seconds'] / 60:.1f} min",
+          *conversion_tables(rows)]
+    (out / "results.md").write_text("\n\n".join(md) + "\n")
+    print("\n\n".join(md))
+    if recorder.save() is not None and recorder.folder.resolve() == harness.RESULTS.resolve():
+        report.main([])  # docs/results.md from the CSVs, these rows included
     return 0
 
 

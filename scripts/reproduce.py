@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Reproduce the paper's experiments on the offline data here and write `docs/results.md`.
+"""Reproduce the paper's experiments on the offline data here; with --update-docs, into docs/results.md.
 
 Settings (the paper's model–data pairs that exist offline):
     mlp-adult      the 4×256 MLP on UCI Adult
@@ -19,6 +19,11 @@ and the τ × η grid of §IV-A on mlp-fashion (drift D and ΔBVS against GELU).
 Every run's results.json is kept under --out; a rerun skips finished runs, so a preset can be
 split over several calls (`--settings`, `--max-minutes`). The experiment loop needs neither
 `datasets` nor the Debian data packages when `--data-dir` holds the exported tensors.
+
+The tables (Table I, Fig. 3 ρ, Table II, the τ × η grid) are rows of the benchmarks' one schema
+(benchmarks/harness.py; p50 the mean over seeds, p20 / p80 the mean ∓ std), rendered into
+OUT/results.md; --update-docs appends them to benchmarks/results/<machine kind>.csv and
+regenerates docs/results.md (`python -m benchmarks.report`).
 """
 
 from __future__ import annotations
@@ -26,10 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import shlex
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,17 +42,17 @@ import torch
 
 import hf_kgelu  # noqa: F401  (registers "kgelu" and the MLP)
 from hf_kgelu.checkpoint import TrainResult, train_and_relu_ize
-from hf_kgelu.checkpoint.report import fmt, markdown_table, mean_std, profile_rho
+from hf_kgelu.checkpoint.report import fmt, profile_rho
 from hf_kgelu.modeling import with_activation
 from hf_kgelu.presets import deit_config, gpt2_config, mlp_config
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the repository's benchmarks package (results schema, tables): not installed
+from benchmarks import harness, report  # noqa: E402
+from benchmarks.report.paper import paper_tables  # noqa: E402
+
 INIT_MODES = ("uniform", "increasing", "decreasing")
 VARIANTS = ("gelu", "relu", "kgelu-uniform", "kgelu-increasing", "kgelu-decreasing", "kgelu-annealed")
-VARIANT_LABELS = {
-    "gelu": "GELU", "relu": "ReLU", "kgelu-uniform": "λ-GELU, uniform init", "kgelu-increasing": "λ-GELU, increasing init",
-    "kgelu-decreasing": "λ-GELU, decreasing init", "kgelu-annealed": "λ-GELU, annealed (uniform init)",
-}
 DEFAULT_TAU, DEFAULT_ETA = 0.1, 10.0
 
 
@@ -318,162 +319,68 @@ def export_data(settings: list[Setting], folder: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Summaries
+# The tables as rows of the benchmarks' schema (benchmarks/report/paper.py renders them)
 
 
-def summarize(settings: list[Setting], grid: dict, results: dict[Run, TrainResult], seeds: list[int]) -> str:
-    parts = []
-    parts.append("#### Table I — training (mean ± std over seeds)\n\n"
-                 "Best validation score and the epoch it was reached; mean λ is the mean over sites of λ at the end of "
-                 "training for the learned runs (at the anneal switch for the annealed run); drift D is the mean over "
-                 "epoch boundaries of the mean |Δλ| per site between consecutive epochs (learning phase only).\n")
+def paper_rows(settings: list[Setting], grid: dict, results: dict[Run, TrainResult], seeds: list[int]) -> list[tuple]:
+    """(what, variant, metric, Stats over the seeds, shape) of Table I, Fig. 3, Table II and the grid."""
+    out = []
+
+    def add(what, setting, variant, metric, values):
+        stats = harness.Stats.over_seeds(values)
+        if stats is not None:
+            out.append((what, f"{setting.name}/{variant}", metric, stats, f"{setting.title} — {setting.describe()}"))
+
+    def runs(setting, variant):
+        return [results[Run(setting.name, variant, seed)] for seed in seeds if Run(setting.name, variant, seed) in results]
+
     for s in settings:
-        rows = []
+        metric = "accuracy" if s.task == "classification" else "perplexity"
         for variant in VARIANTS:
-            rs = [results[Run(s.name, variant, seed)] for seed in seeds if Run(s.name, variant, seed) in results]
-            if not rs:
-                continue
-            rows.append((VARIANT_LABELS[variant], len(rs), mean_std([r.best_score for r in rs]), mean_std([r.best_epoch for r in rs], 1),
-                         mean_std([r.mean_lambda for r in rs], 3), mean_std([r.drift for r in rs], 4)))
-        if rows:
-            metric = "accuracy" if s.task == "classification" else "perplexity"
-            parts.append(f"**{s.title}** (`{s.name}`)\n\n" + markdown_table(
-                ["run", "seeds", f"best val {metric}", "epoch", "mean λ", "drift D"], rows) + "\n")
-
-    parts.append("#### Layerwise λ and robustness to the init profile (Fig. 3)\n\n"
-                 "λ per site at the end of training, mean over seeds, for the three init profiles (uniform λ = 1.05; "
-                 "increasing/decreasing: linear from 1.05 to 2.0 across depth), and Spearman ρ between the profiles of "
-                 "two init modes of the same seed (mean ± std over seeds; ρ = 1: same ranking of layers).\n")
-    for s in settings:
-        by_mode = {m: [results[Run(s.name, f"kgelu-{m}", seed)] for seed in seeds if Run(s.name, f"kgelu-{m}", seed) in results]
-                   for m in INIT_MODES}
-        if not all(by_mode.values()):
-            continue
-        sites = list(by_mode["uniform"][0].lambda_learned)
-        rows = [(f"`{site}`", *[mean_std([r.lambda_learned[site] for r in by_mode[m]], 3) for m in INIT_MODES]) for site in sites]
-        pairs = [("uniform", "increasing"), ("uniform", "decreasing"), ("increasing", "decreasing")]
-        rho_rows = []
-        for a, b in pairs:
-            rhos = [profile_rho(results[Run(s.name, f"kgelu-{a}", seed)], results[Run(s.name, f"kgelu-{b}", seed)])
-                    for seed in seeds if Run(s.name, f"kgelu-{a}", seed) in results and Run(s.name, f"kgelu-{b}", seed) in results]
-            rho_rows.append((f"{a} vs {b}", mean_std(rhos, 3), ", ".join(fmt(r, 2) for r in rhos)))
-        parts.append(f"**{s.title}**\n\n" + markdown_table(["site", *INIT_MODES], rows) + "\n\n"
-                     + markdown_table(["Spearman ρ", "mean ± std", "per seed"], rho_rows) + "\n")
-
-    parts.append("#### Table II — ReLU substitution after training (mean ± std over seeds)\n\n"
-                 "The validation score with the trained activation and after replacing every activation by ReLU, on "
-                 "the same data: the GELU model swapped directly, the λ-GELU model after annealing to λ* (ε = 0.005, "
-                 "gate-L1 bound: λ* ≈ 159.6; λ learned for the first 25 % of the steps, then annealed), and for reference "
-                 "the λ-GELU models that learned λ without annealing.\n")
-    for s in settings:
-        rows = []
-        for variant, label in (("gelu", "GELU → ReLU (direct swap)"), ("kgelu-annealed", "λ-GELU annealed → ReLU"),
-                               ("kgelu-uniform", "λ-GELU not annealed (uniform init) → ReLU")):
-            rs = [results[Run(s.name, variant, seed)] for seed in seeds if Run(s.name, variant, seed) in results]
-            rs = [r for r in rs if r.substitution]
-            if not rs:
-                continue
-            before = [r.substitution["before"] for r in rs]
-            after = [r.substitution["after"] for r in rs]
-            row = [label, mean_std(before), mean_std(after), mean_std([a - b for a, b in zip(after, before)])]
-            if s.task == "classification":
-                lb = [r.substitution.get("loss_before") for r in rs]
-                la = [r.substitution.get("loss_after") for r in rs]
-                row.append(mean_std([a - b for a, b in zip(la, lb) if a is not None and b is not None]))
-            rows.append(row)
-        if rows:
-            metric = "accuracy" if s.task == "classification" else "perplexity"
-            headers = ["model", f"original {metric}", "after ReLU swap", "change"]
-            if s.task == "classification":
-                headers.append("change of val loss")
-            parts.append(f"**{s.title}**\n\n" + markdown_table(headers, rows) + "\n")
-
-    cells = _grid_cells(grid, results, seeds)
-    if cells:
-        taus, etas = grid["taus"], grid["etas"]
-        gelu = [results[Run(grid["setting"], "gelu", seed)].best_score for seed in seeds if Run(grid["setting"], "gelu", seed) in results]
-        rows_d = [(f"τ = {tau:g}", *[mean_std(cells.get((tau, eta), {}).get("drift", []), 4) for eta in etas]) for tau in taus]
-        rows_b = [(f"τ = {tau:g}", *[mean_std(cells.get((tau, eta), {}).get("dbvs", []), 4) for eta in etas]) for tau in taus]
-        rows_l = [(f"τ = {tau:g}", *[mean_std(cells.get((tau, eta), {}).get("lam", []), 3) for eta in etas]) for tau in taus]
-        heads = ["", *[f"η = {eta:g}" for eta in etas]]
-        parts.append(
-            f"#### τ × η grid (§IV-A) on {grid['setting']}\n\n"
-            f"λ-GELU (uniform init, λ learned throughout) for each temperature τ and θ learning-rate multiplier η; "
-            f"GELU's best validation accuracy over the same seeds: {mean_std(gelu)}.\n\n"
-            "Drift D (mean over epochs; lower = steadier hardness):\n\n" + markdown_table(heads, rows_d) + "\n\n"
-            "ΔBVS = best validation accuracy of λ-GELU − that of GELU, same seed:\n\n" + markdown_table(heads, rows_b) + "\n\n"
-            "Mean λ at the end of training:\n\n" + markdown_table(heads, rows_l) + "\n\n" + _grid_verdict(cells) + "\n")
-    return "\n".join(parts)
-
-
-def _grid_cells(grid: dict, results: dict, seeds: list[int]) -> dict:
-    cells = {}
-    for tau in grid["taus"]:
+            rs = runs(s, variant)
+            if rs:
+                add("paper_table1", s, variant, "seeds", [len(rs)])
+                for name, values in ((f"best_val_{metric}", [r.best_score for r in rs]), ("best_epoch", [r.best_epoch for r in rs]),
+                                     ("mean_lambda", [r.mean_lambda for r in rs]), ("drift", [r.drift for r in rs])):
+                    add("paper_table1", s, variant, name, values)
+        by_mode = {m: runs(s, f"kgelu-{m}") for m in INIT_MODES}
+        if all(by_mode.values()):
+            for mode, rs in by_mode.items():
+                for site in rs[0].lambda_learned:
+                    add("paper_fig3", s, mode, f"lambda {site}", [r.lambda_learned[site] for r in rs])
+            for a, b in (("uniform", "increasing"), ("uniform", "decreasing"), ("increasing", "decreasing")):
+                both = [seed for seed in seeds if Run(s.name, f"kgelu-{a}", seed) in results and Run(s.name, f"kgelu-{b}", seed) in results]
+                rhos = [profile_rho(results[Run(s.name, f"kgelu-{a}", seed)], results[Run(s.name, f"kgelu-{b}", seed)]) for seed in both]
+                add("paper_fig3_rho", s, f"{a} vs {b}", "spearman_rho", rhos)
+                for seed, rho in zip(both, rhos, strict=True):
+                    add("paper_fig3_rho", s, f"{a} vs {b}", f"spearman_rho seed {seed}", [rho])
+        for variant in ("gelu", "kgelu-annealed", "kgelu-uniform"):
+            subs = [r.substitution for r in runs(s, variant) if r.substitution]
+            if subs:
+                add("paper_table2", s, variant, f"original_{metric}", [x["before"] for x in subs])
+                add("paper_table2", s, variant, "after_relu_swap", [x["after"] for x in subs])
+                add("paper_table2", s, variant, "change", [x["after"] - x["before"] for x in subs])
+                if s.task == "classification":
+                    add("paper_table2", s, variant, "change_val_loss", [
+                        x["loss_after"] - x["loss_before"] for x in subs
+                        if x.get("loss_after") is not None and x.get("loss_before") is not None])
+    grid_setting = next((s for s in settings if s.name == grid["setting"]), None)
+    for tau in grid["taus"] if grid_setting else ():
         for eta in grid["etas"]:
             variant = "kgelu-uniform" if (tau, eta) == (DEFAULT_TAU, DEFAULT_ETA) else f"grid-tau{tau:g}-eta{eta:g}"
-            drift, dbvs, lam = [], [], []
-            for seed in seeds:
-                run, base = Run(grid["setting"], variant, seed, tau, eta), Run(grid["setting"], "gelu", seed)
-                run = run if run in results else Run(grid["setting"], variant, seed)
-                if run in results and base in results:
-                    drift.append(results[run].drift)
-                    dbvs.append(results[run].best_score - results[base].best_score)
-                    lam.append(results[run].mean_lambda)
-            if dbvs:
-                cells[(tau, eta)] = {"drift": drift, "dbvs": dbvs, "lam": lam}
-    return cells
+            pairs = [(results[Run(grid["setting"], variant, seed)], results[Run(grid["setting"], "gelu", seed)]) for seed in seeds
+                     if Run(grid["setting"], variant, seed) in results and Run(grid["setting"], "gelu", seed) in results]
+            cell = f"tau={tau:g} eta={eta:g}"
+            add("paper_grid", grid_setting, cell, "drift", [r.drift for r, _ in pairs])
+            add("paper_grid", grid_setting, cell, "delta_bvs", [r.best_score - g.best_score for r, g in pairs])
+            add("paper_grid", grid_setting, cell, "mean_lambda", [r.mean_lambda for r, _ in pairs])
+    return out
 
 
-def _grid_verdict(cells: dict) -> str:
-    default = cells.get((DEFAULT_TAU, DEFAULT_ETA))
-    if not default:
-        return ""
-    mean = lambda xs: statistics.fmean([x for x in xs if x is not None]) if any(x is not None for x in xs) else float("nan")  # noqa: E731
-    best = max(cells, key=lambda k: mean(cells[k]["dbvs"]))
-    spread = statistics.stdev(default["dbvs"]) if len(default["dbvs"]) > 1 else 0.0
-    gap = mean(cells[best]["dbvs"]) - mean(default["dbvs"])
-    text = (f"Automatic reading: the best mean ΔBVS is at τ = {best[0]:g}, η = {best[1]:g} ({mean(cells[best]['dbvs']):+.4f}); "
-            f"the default τ = {DEFAULT_TAU:g}, η = {DEFAULT_ETA:g} has {mean(default['dbvs']):+.4f} "
-            f"(seed std {spread:.4f}), drift {mean(default['drift']):.4f} vs {mean(cells[best]['drift']):.4f}. ")
-    if best == (DEFAULT_TAU, DEFAULT_ETA) or gap <= max(spread, 1e-9):
-        text += "The default is within one seed standard deviation of the best cell: nothing here says it is wrong."
-    else:
-        text += "The best cell beats the default by more than one seed standard deviation at this size."
-    return text
-
-
-# ----------------------------------------------------------------------------------------------
-# docs/results.md
-
-
-SECTION = "## Paper experiments"
-
-
-def update_results_md(path: Path, preset: str, body: str) -> None:
-    """Put `body` between this preset's markers inside the `## Paper experiments` section of `path`,
-    leaving every other section (and any hand-written text in this one) alone."""
-    begin, end = f"<!-- reproduce:{preset}:begin -->", f"<!-- reproduce:{preset}:end -->"
-    block = f"{begin}\n{body.strip()}\n{end}"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Results\n"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    elif SECTION in text:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        cut = len(text) if nxt < 0 else nxt + 1
-        text = text[:cut].rstrip("\n") + "\n\n" + block + "\n\n" + text[cut:]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-
-
-def header(preset: str, settings: list[Setting], grid: dict, seeds: list[int], elapsed: float, machine: str, n_runs: int, n_total: int,
-           n_trained: int, train_minutes: float) -> str:
+def header(preset: str, seeds: list[int], elapsed: float, machine: str, cmd: str, n_runs: int, n_total: int, n_trained: int,
+           train_minutes: float) -> str:
     import transformers
 
-    sizes = "\n".join(f"- `{s.name}`: {s.describe()}" for s in settings)
-    cmd = shlex.join(["python", "scripts/reproduce.py", *sys.argv[1:]])
     done = "" if n_runs == n_total else f" **Partial: {n_runs} of {n_total} runs finished.**"
     return (f"### Preset `{preset}`\n\n"
             f"Command: `{cmd}` — {machine}, {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, torch {torch.__version__}, "
@@ -481,9 +388,7 @@ def header(preset: str, settings: list[Setting], grid: dict, seeds: list[int], e
             f"(Trainer time, evaluation included; this call trained {n_trained} and took {elapsed / 60:.1f} min, "
             f"the others were reused from earlier calls with the same settings).{done}\n\n"
             f"Seeds {', '.join(map(str, seeds))}. λ-GELU: τ = {DEFAULT_TAU:g}, η = {DEFAULT_ETA:g} (θ at lr × η, no weight "
-            f"decay), init λ = 1.05 (uniform) or 1.05 → 2.0 across depth. Sizes:\n\n{sizes}\n\n"
-            f"τ × η grid: τ ∈ {{{', '.join(f'{t:g}' for t in grid['taus'])}}}, η ∈ {{{', '.join(f'{e:g}' for e in grid['etas'])}}} "
-            f"on `{grid['setting']}`, same seeds.\n")
+            f"decay), init λ = 1.05 (uniform) or 1.05 → 2.0 across depth.\n")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,13 +404,17 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="read the exported .npz tensors from here instead of hf_kgelu.data")
     parser.add_argument("--export-data", default=None, metavar="DIR", help="only write the preset's data as .npz into DIR")
     parser.add_argument("--max-minutes", type=float, default=None, help="start no new run after this many minutes")
-    parser.add_argument("--update-docs", action="store_true", help="write the tables into docs/results.md (## Paper experiments)")
-    parser.add_argument("--results-md", default=str(ROOT / "docs" / "results.md"), help="the file --update-docs edits")
-    parser.add_argument("--machine", default=None, help="how the report names the machine (default: from the hardware)")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="append the tables' rows to benchmarks/results/<machine kind>.csv (or --results) and regenerate docs/results.md")
+    parser.add_argument("--results", default=None, help="--update-docs: the folder of the per-kind CSVs (another than "
+                                                        "benchmarks/results: docs/results.md is left alone)")
+    parser.add_argument("--machine-kind", default=None, help="the machine kind naming the CSV (default: detected)")
+    parser.add_argument("--machine", default=None, help="how the rows name the device (default: the GPU, else the CPU's model and cores)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default on a CPU-only machine: 1; two OpenMP threads on a busy 2-core "
                              "machine were measured 100× slower than one)")
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
 
     from transformers.utils import logging as hf_logging
 
@@ -536,7 +445,8 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out or ROOT / "outputs" / f"reproduce-{args.preset}")
     data_dir = Path(args.data_dir) if args.data_dir else None
     device_is_cpu = not torch.cuda.is_available()
-    machine = args.machine or (torch.cuda.get_device_name(0) if not device_is_cpu else f"{os.cpu_count()}-core CPU ({platform.machine()})")
+    recorder = harness.Recorder("scripts/reproduce.py", args.argv, kind=args.machine_kind, results=args.results,
+                                save=args.update_docs, device=args.machine)
     by_name = {s.name: s for s in settings}
     runs = planned_runs(settings, grid, seeds, not args.no_grid)
     results: dict[Run, TrainResult] = {}
@@ -566,14 +476,15 @@ def _run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     trained = sum(1 for run in results if run not in reused)
     train_minutes = sum(r.train_seconds or 0.0 for r in results.values()) / 60
-    body = (header(args.preset, settings, grid, seeds, elapsed, machine, len(results), len(runs), trained, train_minutes)
-            + "\n" + summarize(settings, grid, results, seeds))
+    for what, variant, metric, stats, shape in paper_rows(settings, grid, results, seeds):
+        recorder.add(what, variant, metric, stats, dtype="float32", shape=shape)
+    body = (header(args.preset, seeds, elapsed, recorder.device, recorder.command, len(results), len(runs), trained, train_minutes)
+            + "\n" + paper_tables([dict(row, kind=recorder.kind) for row in recorder.rows]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(body + "\n", encoding="utf-8")
     print(f"\nwrote {out / 'results.md'}", flush=True)
-    if args.update_docs:
-        update_results_md(Path(args.results_md), args.preset, body)
-        print(f"updated {args.results_md} ({SECTION}, preset {args.preset})", flush=True)
+    if recorder.save() is not None and recorder.folder.resolve() == harness.RESULTS.resolve():
+        report.main([])  # docs/results.md from the CSVs, these rows included
     return 0
 
 

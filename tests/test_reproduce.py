@@ -1,7 +1,8 @@
-"""`scripts/reproduce.py` on its smoke preset: exported tensors in, every table out, finished runs
-reused on a rerun, and only its own part of docs/results.md touched."""
+"""`scripts/reproduce.py` on its smoke preset: exported tensors in, every table out (its report and
+rows of the benchmarks' schema), finished runs reused on a rerun."""
 
 import contextlib
+import csv
 import importlib.util
 import io
 import json
@@ -30,31 +31,15 @@ def _main(reproduce, *argv):
     return printed.getvalue()
 
 
-def test_update_results_md_touches_only_its_own_block(reproduce, tmp_path):
-    path = tmp_path / "results.md"
-    path.write_text("# Results\n\n## Kernel\n\nkernel numbers\n\n## Paper experiments\n\nhand-written note\n\n## Later\n\nmore\n")
-    reproduce.update_results_md(path, "cpu", "CPU TABLE v1")
-    reproduce.update_results_md(path, "gpu", "GPU TABLE")
-    reproduce.update_results_md(path, "cpu", "CPU TABLE v2")
-    text = path.read_text()
-    assert "kernel numbers" in text and "hand-written note" in text and "## Later\n\nmore" in text
-    assert "CPU TABLE v2" in text and "CPU TABLE v1" not in text and "GPU TABLE" in text
-    # both blocks sit inside the Paper experiments section, before the next section
-    assert text.index("## Paper experiments") < text.index("CPU TABLE v2") < text.index("## Later")
-    assert text.index("## Paper experiments") < text.index("GPU TABLE") < text.index("## Later")
-    fresh = tmp_path / "fresh.md"
-    reproduce.update_results_md(fresh, "cpu", "T")
-    assert "## Paper experiments" in fresh.read_text()
-
-
 def test_smoke_preset_end_to_end_from_exported_data(reproduce, tmp_path):
-    data, out, md = tmp_path / "data", tmp_path / "out", tmp_path / "results.md"
+    data, out, results = tmp_path / "data", tmp_path / "out", tmp_path / "results"
+    md = out / "results.md"
     _main(reproduce, "--preset", "smoke", "--export-data", str(data))
     with np.load(data / "adult.npz") as arrays:
         assert arrays["train.pixel_values"].shape[0] == 256 and arrays["eval.labels"].shape == (128,)
 
     args = ["--preset", "smoke", "--data-dir", str(data), "--seeds", "0,1", "--out", str(out), "--threads", "1",
-            "--update-docs", "--results-md", str(md), "--machine", "test machine"]
+            "--update-docs", "--results", str(results), "--machine-kind", "cpu-test", "--machine", "test machine"]
     printed = _main(reproduce, *args)
     assert printed.count("mlp-adult") >= 18  # 6 variants × 2 seeds + 3 grid cells × 2 seeds
     text = md.read_text()
@@ -62,6 +47,8 @@ def test_smoke_preset_end_to_end_from_exported_data(reproduce, tmp_path):
         assert heading in text, heading
     assert "λ-GELU annealed → ReLU" in text and "GELU → ReLU (direct swap)" in text and "increasing vs decreasing" in text
     assert "test machine" in text and "Automatic reading" in text
+    rows = list(csv.DictReader(open(results / "cpu-test.csv")))  # the tables as rows of the benchmarks' schema
+    assert {r["what"] for r in rows} == {"paper_table1", "paper_fig3", "paper_fig3_rho", "paper_table2", "paper_grid"}
 
     annealed = json.loads((out / "runs" / "mlp-adult" / "kgelu-annealed" / "seed1" / "results.json").read_text())
     assert annealed["annealed"] and all(v == pytest.approx(annealed["target_lambda"], rel=1e-5) for v in annealed["lambda_final"].values())
@@ -70,3 +57,4 @@ def test_smoke_preset_end_to_end_from_exported_data(reproduce, tmp_path):
 
     again = _main(reproduce, *args)  # everything finished: nothing is trained again
     assert "seed 0: best" not in again and md.read_text().count("#### Table I —") == 1
+    assert len(list(csv.DictReader(open(results / "cpu-test.csv")))) == 2 * len(rows)  # appended again

@@ -1,0 +1,434 @@
+"""Multi-GPU training with KGeluTrainer through `accelerate launch`: throughput, θ sync, the
+1-vs-N-process equality of an annealed run, and the example scripts run as users launch them.
+Self-contained (no `datasets`, no tokenizer files): the GPU machine has neither.
+
+Three steps (benchmarks/run_multi_gpu.sh runs the first two, run_scripts_multi_gpu.sh the third):
+
+1. Launches (rank 0 writes one JSON per launch into --out; not results yet):
+     accelerate launch --config_file scripts/accelerate_configs/ddp.yaml --num_processes 1 \\
+         -m benchmarks.multi_gpu --tag ddp1 --out SCRATCH/ddp1.json --scratch SCRATCH
+   - throughput: GPT-2 small (8 × 1024 tokens per GPU) and DeiT-small (64 images of 224² per GPU)
+     trained by KGeluTrainer (λ-GELU, anneal start 0.5: the timed window spans the learned and the
+     annealed phase) and by the stock Trainer (GELU); bf16 as the accelerate config says; random
+     data (content does not change speed). Optimizer steps --warmup to --steps are timed, CUDA
+     synchronised at both ends; tokens (images) per second count every process's batch.
+   - exactness: a tiny GPT-2 (2×64, byte-level pydoc text, no dropout), global batch 16 split over the
+     processes, 24 steps, anneal start 0.25, θ-sync check every step, a checkpoint at step 12 (rank 0
+     writes it) and a resume from it; λ per step and the final weights go to --scratch.
+2. `--compare SCRATCH`: rows from the launches' JSON (throughput, θ sync, exactness against `ddp1`).
+3. `--compare-scripts RUNS`: run_clm.py / run_image_classification.py runs of 2 processes (DDP, FSDP2)
+   against 1 process of the same global batch, and the resumed DDP run against the uninterrupted
+   one: the final ReLU models (weights, logits on a fixed input), the metric before/after the swap,
+   the anneal step, the θ-sync figures each run logged, the checkpoints written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from benchmarks import harness, models
+
+SYNC_KEY = "kgelu/theta_sync_max_diff"
+SCRIPT_PAIRS = [(f"{s}-1", f"{s}-{t}") for s in ("clm", "image") for t in ("ddp2", "fsdp2")] + [("clm-ddp2", "clm-ddp2-resumed")]
+
+
+class RandomSamples(Dataset):
+    """`n` samples drawn from a fixed pool of random token sequences or images (memory stays small)."""
+
+    def __init__(self, n: int, pool: dict):
+        self.n, self.pool = n, pool
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {k: v[i % len(v)] for k, v in self.pool.items()}
+
+
+def random_pool(name: str, config, tiny: bool) -> dict:
+    g = torch.Generator().manual_seed(0)
+    if models.spec(name).seq:
+        ids = torch.randint(0, config.vocab_size, (512, models.seq_len(name, tiny)), generator=g)
+        return {"input_ids": ids, "labels": ids}
+    pixels = torch.randn(128, 3, config.image_size, config.image_size, generator=g)
+    return {"pixel_values": pixels, "labels": torch.randint(0, config.num_labels, (128,), generator=g)}
+
+
+class ByteBlocks(Dataset):
+    """The stdlib pydoc topics as UTF-8 byte blocks (vocabulary 256)."""
+
+    def __init__(self, blocks: int, block: int):
+        from pydoc_data.topics import topics
+
+        data = "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")[: blocks * block]
+        self.ids = torch.tensor(list(data)).reshape(blocks, block)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def trainer_for(model, data, output_dir, activation, batch, steps, log_every, callbacks, cpu, **kgelu):
+    from transformers import Trainer, TrainingArguments
+
+    from hf_kgelu.training import KGeluTrainer, KGeluTrainingArguments
+
+    common = dict(
+        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-4,
+        weight_decay=0.1, logging_steps=log_every, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
+        bf16=not cpu, use_cpu=cpu, dataloader_pin_memory=not cpu, dataloader_drop_last=True,
+        dataloader_num_workers=0 if cpu else 2,
+    )
+    if activation == "kgelu":
+        return KGeluTrainer(model=model, args=KGeluTrainingArguments(**common, **kgelu), train_dataset=data, callbacks=callbacks)
+    from hf_kgelu.training.distributed import KGeluDistributedCallback  # the FSDP2 wrap-list fix, for GELU models too
+
+    return Trainer(model=model, args=TrainingArguments(**common), train_dataset=data,
+                   callbacks=[*callbacks, KGeluDistributedCallback(check_sync=False)])
+
+
+def _sync_callback(trainer):
+    return next((cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "KGeluDistributedCallback"), None)
+
+
+def _theta_info(trainer) -> dict:
+    from hf_kgelu.modeling import trained_sites
+
+    sites = trained_sites(trainer.model)
+    if not sites:
+        return {}
+    theta = sites[0][1].theta
+    lam = [site.lam.detach().double().mean().item() for _, site in sites]  # a collective under FSDP2
+    return {"theta_type": type(theta).__name__, "theta_dtype": str(theta.dtype),
+            "theta_local_numel": theta.to_local().numel() if hasattr(theta, "to_local") else theta.numel(),
+            "lambda_mean_final": sum(lam) / len(lam)}
+
+
+# ---- 1. a launch --------------------------------------------------------------------------------
+
+
+def throughput(name, activation, args, cpu, scratch) -> dict:
+    from transformers import TrainerCallback
+
+    class Window(TrainerCallback):
+        def __init__(self):
+            self.t = {}
+
+        def on_step_end(self, a, state, control, **kwargs):
+            if state.global_step in (args.warmup, args.steps):
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.t[state.global_step] = time.perf_counter()
+
+    torch.manual_seed(0)
+    net = models.build(name, activation, args.tiny, **({"num_labels": 100} if name == "deit" else {}))
+    data = RandomSamples(4096 if models.spec(name).seq else 2048, random_pool(name, net.config, args.tiny))
+    batch = args.gpt2_batch if name == "gpt2" else args.deit_batch
+    window = Window()
+    trainer = trainer_for(net, data, Path(scratch) / f"{name}-{activation}", activation, batch, args.steps, args.log_every,
+                          [window], cpu=cpu, kgelu_anneal_start=0.5)
+    trainer.train()
+    world = trainer.accelerator.num_processes
+    seconds, steps = window.t[args.steps] - window.t[args.warmup], args.steps - args.warmup
+    per_sample = models.seq_len(name, args.tiny) or 1
+    result = {"model": name, "activation": activation, "world_size": world, "per_device_batch": batch,
+              "step_ms": 1000 * seconds / steps, "throughput": world * batch * per_sample * steps / seconds,
+              "unit": models.spec(name).samples_unit(),
+              "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+    sync = _sync_callback(trainer) if activation == "kgelu" else None  # GELU runs carry it only for the FSDP2 fix
+    if sync is not None:
+        result["sync"] = {"checked_steps": sync.checked_steps, "switch_step": sync.switch_step, "last_diff": sync.last_diff,
+                          "anneal_start_step": trainer.hardness_callback.start_step}
+        result.update(_theta_info(trainer))
+    del trainer, net
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return result
+
+
+def exactness(cpu, scratch, tag) -> dict:
+    from transformers import GPT2Config, GPT2LMHeadModel, TrainerCallback
+
+    import hf_kgelu  # noqa: F401
+    from hf_kgelu.training.distributed import world_size
+    from hf_kgelu.modeling import trained_sites
+    from hf_kgelu.training import KGeluTrainer, KGeluTrainingArguments
+
+    saves = []
+    original = GPT2LMHeadModel.save_pretrained
+
+    def counted(self, *a, **k):
+        saves.append(str(a[0]) if a else str(k.get("save_directory")))
+        return original(self, *a, **k)
+
+    class Lambdas(TrainerCallback):
+        def __init__(self):
+            self.lam = {}
+
+        def on_step_end(self, a, state, control, model=None, **kwargs):
+            self.lam[state.global_step] = [site.lam.detach().double().tolist() for _, site in trained_sites(model)]
+
+    world, global_batch, steps = max(1, world_size()), 16, 24
+
+    def run(output_dir, resume=None):
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=256, n_positions=64,
+                                           activation_function="kgelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                           bos_token_id=0, eos_token_id=0))
+        lambdas = Lambdas()
+        targs = KGeluTrainingArguments(
+            output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=global_batch // world,
+            learning_rate=3e-3, weight_decay=0.1, logging_steps=1, save_strategy="steps", save_steps=12,
+            report_to="none", disable_tqdm=True, seed=0, bf16=not cpu, use_cpu=cpu, kgelu_anneal_start=0.25)
+        trainer = KGeluTrainer(model=model, args=targs, train_dataset=ByteBlocks(256, 64), callbacks=[lambdas])
+        trainer.train(resume_from_checkpoint=resume)
+        sync = _sync_callback(trainer)
+        state = trainer.accelerator.get_state_dict(trainer.model)  # gathers FSDP2 shards (a collective)
+        out = {"lam": {str(k): v for k, v in lambdas.lam.items()}, "checked_steps": sync.checked_steps,
+               "switch_step": sync.switch_step, "anneal_start_step": trainer.hardness_callback.start_step,
+               **_theta_info(trainer)}
+        if trainer.is_world_process_zero():
+            suffix = "-resumed" if resume else ""
+            torch.save({k: v.detach().float().cpu() for k, v in state.items()}, Path(scratch) / f"exact-{tag}{suffix}.pt")
+        return out
+
+    GPT2LMHeadModel.save_pretrained = counted
+    try:
+        base = Path(scratch) / f"exact-{tag}"
+        result = {"first": run(base / "run")}
+        counts = torch.tensor([len(saves)], device="cuda" if torch.cuda.is_available() and not cpu else "cpu")
+        gathered = [torch.zeros_like(counts) for _ in range(world)]
+        if world > 1:
+            torch.distributed.all_gather(gathered, counts)
+        else:
+            gathered = [counts]
+        result["saves_per_rank"] = [int(c) for c in gathered]
+        result["resumed"] = run(base / "resumed", resume=str(base / "run" / "checkpoint-12"))
+    finally:
+        GPT2LMHeadModel.save_pretrained = original
+    return result
+
+
+def launch(args) -> int:
+    from hf_kgelu.training.distributed import world_size
+
+    cpu = not torch.cuda.is_available()
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="multi_gpu_"))
+    result = {"tag": args.tag, "torch": torch.__version__, "precision": "fp32" if cpu else "bf16", "throughput": [], "exactness": None}
+
+    def write():  # after every measurement: a launch cut short by a time limit still reports
+        result["world_size"] = world_size()
+        if int(os.environ.get("RANK", "0")) == 0 and args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=1, default=str))
+
+    names = args.models.split(",")
+    # Untimed first: Triton compiles the kernels' specialisations on first use (the frozen-θ backward
+    # only at the anneal switch), which would otherwise land in the timed window.
+    for name in names if args.warm_runs and "kgelu" in args.activations else []:
+        try:
+            throughput(name, "kgelu", args, cpu, scratch)
+        except Exception:
+            traceback.print_exc()
+    for name in names:
+        for activation in args.activations.split(","):
+            started = time.perf_counter()
+            try:
+                r = throughput(name, activation, args, cpu, scratch)
+            except Exception as error:  # keep measuring the rest; the JSON says what failed
+                traceback.print_exc()
+                r = {"model": name, "activation": activation, "error": repr(error)[:2000]}
+            r["wall_s"] = time.perf_counter() - started
+            result["throughput"].append(r)
+            print(json.dumps(r), flush=True)
+            write()
+    if not args.skip_exact:
+        try:
+            result["exactness"] = exactness(cpu, scratch, args.tag)
+        except Exception as error:
+            traceback.print_exc()
+            result["exactness"] = {"error": repr(error)[:2000]}
+    write()
+    return 0
+
+
+# ---- 2. rows from the launches ------------------------------------------------------------------
+
+
+def _max_abs_diff(a: dict, b: dict) -> tuple[float, float]:
+    keys = sorted(set(a) & set(b))
+    return (max((a[k].float() - b[k].float()).abs().max().item() for k in keys),
+            max(b[k].float().abs().max().item() for k in keys))
+
+
+def compare(folder: Path, scratch: Path, args, recorder: harness.Recorder) -> None:
+    """Rows: per launch tag, model and activation the throughput; per tag the θ-sync figures and
+    the exactness run against `ddp1` (weights, λ, resume, checkpoints written per rank)."""
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    runs = {tag: run for tag, run in runs.items() if isinstance(run, dict) and "throughput" in run}
+    for tag, run in runs.items():
+        dtype = run.get("precision", "bf16")
+        for r in run["throughput"]:
+            if "error" in r:
+                print(f"{tag} {r['model']} {r['activation']}: {r['error'][:300]}")
+                continue
+            shape = models.shape(r["model"], r["per_device_batch"], models.seq_len(r["model"], args.tiny), args.tiny) + " per GPU"
+            variant = f"{tag}/{r['activation']}"
+            for metric, value in ((f"{r['unit']}_per_s", r["throughput"]), ("step_ms", r["step_ms"]),
+                                  ("peak_gib", r.get("peak_mem_gib")), ("world_size", r["world_size"])):
+                recorder.add("multi_gpu_throughput", variant, metric, value, dtype=dtype, shape=shape)
+            if "sync" in r:  # the θ checks of the λ-GELU run
+                sync = {"theta_sync_checks": len(r["sync"]["checked_steps"]), "theta_sync_max_diff": r["sync"]["last_diff"],
+                        "anneal_switch_step": r["sync"]["switch_step"], "theta_local_numel": r.get("theta_local_numel")}
+                for metric, value in sync.items():
+                    recorder.add("multi_gpu_sync", tag, metric, value, dtype=dtype, shape=shape)
+    base_lam = ((runs.get("ddp1") or {}).get("exactness") or {}).get("first", {}).get("lam")
+    ref_path = scratch / "exact-ddp1.pt"
+    ref = torch.load(ref_path) if ref_path.exists() else None
+    for tag, run in runs.items():
+        ex = run.get("exactness") or {}
+        if "error" in ex or not ex:
+            print(f"{tag} exactness: {ex.get('error', 'not run')[:300]}")
+            continue
+        first, resumed = ex["first"], ex["resumed"]
+        figures = {"anneal_switch_step": first["switch_step"], "theta_sync_checks": len(first["checked_steps"]),
+                   "theta_local_numel": first.get("theta_local_numel"),
+                   "resume_lambda_identical": float(all(resumed["lam"][s] == first["lam"][s] for s in resumed["lam"]))}
+        figures |= {f"saves_rank{i}": n for i, n in enumerate(ex["saves_per_rank"])}
+        if base_lam:
+            steps = sorted(set(first["lam"]) & set(base_lam), key=int)
+            figures["max_rel_lambda_diff_vs_1gpu"] = max(abs(a - b) / b for s in steps
+                                                         for va, vb in zip(first["lam"][s], base_lam[s]) for a, b in zip(va, vb))
+        if ref is not None and (scratch / f"exact-{tag}.pt").exists():
+            figures["max_abs_weight_diff_vs_1gpu"], figures["max_abs_weight"] = _max_abs_diff(torch.load(scratch / f"exact-{tag}.pt"), ref)
+        for metric, value in figures.items():
+            recorder.add("multi_gpu_exactness", tag, metric, value, dtype=run.get("precision", "bf16"),
+                         shape="gpt2 2x64, global batch 16, 24 steps")
+
+
+# ---- 3. the example scripts as users launch them ------------------------------------------------
+
+
+def _anneal_step(run: Path) -> int | None:
+    history = json.loads((run / "hardness_history.json").read_text())
+    return next((s["step"] for s in history["steps"] if s.get("phase") == "anneal"), None)
+
+
+def _logged_sync_diffs(log: Path) -> list[float]:
+    """Every θ-sync figure a run logged (Trainer log lines print the logs dict)."""
+    if not log.exists():
+        return []
+    return [float(m) for m in re.findall(rf"'{re.escape(SYNC_KEY)}': '?([0-9.eE+-]+)", log.read_text(errors="replace"))]
+
+
+def _logits(relu_dir: Path) -> torch.Tensor:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification
+
+    config = AutoConfig.from_pretrained(relu_dir)
+    generator = torch.Generator().manual_seed(0)
+    if getattr(config, "model_type", "") == "gpt2":
+        model = AutoModelForCausalLM.from_pretrained(relu_dir).eval()
+        inputs = dict(input_ids=torch.randint(0, config.vocab_size, (4, 32), generator=generator))
+    else:
+        model = AutoModelForImageClassification.from_pretrained(relu_dir).eval()
+        inputs = dict(pixel_values=torch.randn(4, config.num_channels, config.image_size, config.image_size, generator=generator))
+    with torch.no_grad():
+        return model(**inputs).logits.float()
+
+
+def compare_script_run(reference: Path, other: Path) -> dict[str, float]:
+    """Figures of one run against its reference; the ReLU folders are loaded by stock transformers."""
+    from safetensors.torch import load_file
+
+    ref_result, result = (json.loads((p / "results.json").read_text()) for p in (reference, other))
+    ref_dir, relu_dir = Path(ref_result["relu_dir"]), Path(result["relu_dir"])
+    relu_act = json.loads((relu_dir / "config.json").read_text())
+    weight_diff, weight = _max_abs_diff(load_file(relu_dir / "model.safetensors"), load_file(ref_dir / "model.safetensors"))
+    ref_logits, logits = _logits(ref_dir), _logits(relu_dir)
+    syncs = _logged_sync_diffs(other.parent / f"{other.name}.log")
+    swap = [(r.get("substitution") or {}).get("after") for r in (ref_result, result)]
+
+    def lambda_diff(key):
+        a, b = ref_result.get(key) or {}, result.get(key) or {}
+        return max((abs(a[k] - b[k]) / a[k] for k in set(a) & set(b)), default=None)
+
+    return {
+        "relu_config": float(relu_act.get("hidden_act", relu_act.get("activation_function")) == "relu"),
+        "max_abs_weight_diff": weight_diff, "max_abs_weight": weight,
+        "max_abs_logit_diff": (logits - ref_logits).abs().max().item(), "max_abs_logit": ref_logits.abs().max().item(),
+        "argmax_agreement": (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item(),
+        "reference_score": ref_result["final_score"], "score": result["final_score"],
+        "reference_after_swap": swap[0], "after_swap": swap[1],
+        "max_rel_lambda_learned_diff": lambda_diff("lambda_learned"), "max_rel_lambda_final_diff": lambda_diff("lambda_final"),
+        "reference_anneal_step": _anneal_step(reference), "anneal_step": _anneal_step(other),
+        "theta_sync_checks": len(syncs), "theta_sync_max_diff": max(syncs, default=None),
+        "checkpoints": len(list(other.glob("checkpoint-*"))),
+    }
+
+
+def compare_scripts(runs: Path, dtype: str, recorder: harness.Recorder) -> None:
+    for ref, other in SCRIPT_PAIRS:
+        if not (runs / ref / "results.json").exists() or not (runs / other / "results.json").exists():
+            print(f"{other} vs {ref}: a run is missing its results.json (see its log)")
+            continue
+        try:
+            figures = compare_script_run(runs / ref, runs / other)
+        except Exception as error:  # report the rest
+            print(f"{other} vs {ref}: {error!r}"[:1000])
+            continue
+        print(f"{other} vs {ref}: {json.dumps(figures)}")
+        for metric, value in figures.items():
+            recorder.add("multi_gpu_scripts", f"{other} vs {ref}", metric, value, dtype=dtype,
+                         shape="tiny model, global batch 16, 24 steps")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tag", default="run", help="launch: its name (ddp1 is the 1-process reference)")
+    parser.add_argument("--out", type=Path, help="launch: its JSON file")
+    parser.add_argument("--scratch", type=Path, default=None, help="checkpoints and exactness weights (default: a temp dir)")
+    parser.add_argument("--models", default="gpt2,deit")
+    parser.add_argument("--activations", default="kgelu,gelu")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--gpt2-batch", type=int, default=8)
+    parser.add_argument("--deit-batch", type=int, default=64)
+    parser.add_argument("--skip-exact", action="store_true")
+    parser.add_argument("--warm-runs", type=int, default=1, help="untimed λ-GELU run per model first (Triton compiles), 0 to skip")
+    parser.add_argument("--tiny", action="store_true", help="tiny models (a CPU smoke test)")
+    parser.add_argument("--compare", type=Path, default=None, help="rows from the launch JSON files in this folder")
+    parser.add_argument("--compare-scripts", type=Path, default=None, help="rows from the script runs in this folder")
+    parser.add_argument("--dtype", default="bf16", help="--compare-scripts: the runs' precision (bf16, fp32)")
+    harness.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.compare is None and args.compare_scripts is None:
+        return launch(args)
+    recorder = harness.Recorder.from_args(args, "benchmarks.multi_gpu", argv)
+    if args.compare is not None:
+        compare(args.compare, args.scratch or args.compare, args, recorder)
+    if args.compare_scripts is not None:
+        compare_scripts(args.compare_scripts, args.dtype, recorder)
+    recorder.save()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
