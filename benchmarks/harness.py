@@ -214,39 +214,20 @@ def profile_calls(fn: Callable[[], object], calls: int, top: int = 25) -> str:
     return out.getvalue()
 
 
-@functools.cache
-def _kernel_module():
-    """hf_kgelu's Triton kernels module, or None without triton (looked up once: a failing import
-    is not cached by Python and would cost milliseconds per timed call)."""
-    try:
-        from hf_kgelu.ops import triton_kernels as kgelu
-    except ImportError:
-        return None
-    return kgelu
-
-
 @contextlib.contextmanager
-def switches(torch_path: bool = False, triton_launch: bool = False, python_launcher: bool = False):
-    """The package's switches a benchmark variant runs under, restored afterwards (those not asked
-    for are left as they are): the torch path instead of the kernels (as HF_KGELU_FORCE_REFERENCE),
-    Triton's launcher instead of direct launches, the sites' Python launcher instead of the C++ site
-    path. The one place the benchmarks reach into hf_kgelu's internals for them."""
-    from hf_kgelu import ops as functional
+def switches(torch_path: bool = False, op_only: bool = False):
+    """The package settings a benchmark variant runs under (`hf_kgelu.ops.settings`), for the block
+    only: the torch path instead of the kernels (as HF_KGELU_FORCE_REFERENCE), or every call through
+    the op with the C++ site path off (as HF_KGELU_NATIVE=0)."""
+    from hf_kgelu.ops import settings
 
-    kernel_module = _kernel_module()
-    saved = functional.FORCE_REFERENCE, functional._site_launcher_ready
-    saved_direct = getattr(kernel_module, "DIRECT_LAUNCH", None)
-    functional.FORCE_REFERENCE = functional.FORCE_REFERENCE or torch_path
-    if python_launcher:
-        functional._site_launcher_ready = False
-    if triton_launch and kernel_module is not None:
-        kernel_module.DIRECT_LAUNCH = False
-    try:
+    changes = {}
+    if torch_path:
+        changes["force_reference"] = True
+    if op_only:
+        changes["native"] = False
+    with settings.override(**changes):
         yield
-    finally:
-        functional.FORCE_REFERENCE, functional._site_launcher_ready = saved
-        if kernel_module is not None:
-            kernel_module.DIRECT_LAUNCH = saved_direct
 
 
 # ---------------------------------------------------------------------------------------------

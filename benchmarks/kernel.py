@@ -45,16 +45,11 @@ def naive_kgelu(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def kernel_config(overrides: dict):
-    """The kernels' launch CONFIG with `overrides` applied, restored afterwards."""
-    from hf_kgelu.ops.triton_kernels import CONFIG
+    """The kernels' launch configuration with `overrides` applied, for the block only."""
+    from hf_kgelu.ops import settings
 
-    default = dict(CONFIG)
-    CONFIG.update(overrides)
-    try:
+    with settings.override(kernel_config={**settings.current().kernel_config, **overrides}):
         yield
-    finally:
-        CONFIG.clear()
-        CONFIG.update(default)
 
 
 # ---- the table ----------------------------------------------------------------------------------
@@ -251,8 +246,7 @@ def print_table(recorder: harness.Recorder, dtype: str, shape: str) -> None:
 def host_cases() -> dict[str, object]:
     """id -> one forward+backward call on a 64×64 float32 tensor, per path."""
     from hf_kgelu import KGELU
-    from hf_kgelu import ops as functional
-    from hf_kgelu.ops import KGeluKernelFunction, kgelu, kgelu_theta
+    from hf_kgelu.ops import kgelu, kgelu_theta, reference
 
     x = torch.randn(64, 64, device="cuda", requires_grad=True)
     g = torch.randn(64, 64, device="cuda")
@@ -272,21 +266,19 @@ def host_cases() -> dict[str, object]:
         "gelu": fwd_bwd(lambda: F.gelu(x)),
         "gelu-module": fwd_bwd(lambda: gelu_module(x)),
         "kgelu-site": fwd_bwd(lambda: site(x)),
-        "kgelu-site-python-launcher": fwd_bwd(lambda: site(x), python_launcher=True),
-        "kgelu-site-triton-launch": fwd_bwd(lambda: site(x), triton_launch=True),
+        "kgelu-site-op": fwd_bwd(lambda: site(x), op_only=True),
         "kgelu-theta": fwd_bwd(lambda: kgelu_theta(x, theta, 0.1)),
         "kgelu": fwd_bwd(lambda: kgelu(x, lam)),
-        "kgelu-function": fwd_bwd(lambda: KGeluKernelFunction.apply(x, lam)),
-        "custom-op": fwd_bwd(lambda: torch.ops.hf_kgelu.kgelu(x, lam)),
+        "custom-op": fwd_bwd(lambda: torch.ops.hf_kgelu.kgelu(x, lam, None)),
         "softplus-in-torch": fwd_bwd(lambda: kgelu(x, 1.0 + F.softplus(theta / 0.1))),
-        "torch-path": fwd_bwd(lambda: functional.KGeluFunction.apply(x, lam)),
+        "torch-path": fwd_bwd(lambda: reference.forward(x, lam, None)),
         "naive": fwd_bwd(lambda: naive_kgelu(x, lam)),
     }
 
 
 def piece_cases() -> dict[str, object]:
     """id -> one of the parts a λ-GELU call is made of."""
-    from hf_kgelu.ops import triton_kernels as kernel_module
+    from hf_kgelu.ops import triton_launch
 
     x = torch.randn(64, 64, device="cuda")
     theta = torch.tensor([0.3], device="cuda")
@@ -302,13 +294,8 @@ def piece_cases() -> dict[str, object]:
         def backward(ctx, grad):
             return grad
 
-    def triton_launch():
-        with harness.switches(triton_launch=True):
-            kernel_module.kgelu_forward(x, theta, 0.1)
-
     return {
-        "launcher-direct": lambda: kernel_module.kgelu_forward(x, theta, 0.1),
-        "launcher-triton": triton_launch,
+        "launcher-triton": lambda: triton_launch.forward(x, theta, 0.1),
         "empty-like": lambda: torch.empty_like(x),
         "sum-of-4-partials": lambda: partials.sum(0, keepdim=True),
         "function-apply": lambda: Identity.apply(leaf),

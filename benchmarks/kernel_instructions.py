@@ -41,16 +41,24 @@ def load_kernels(path: str | None):
     return module
 
 
-CHANNELS = 3072  # per channel: GPT-2 small's MLP width, as in bench_kernel.py
+CHANNELS = 3072  # per channel: GPT-2 small's MLP width, as in benchmarks/kernel.py
 
 
-def launch_tile(kernels, kind: str, dtype: str) -> tuple[int, int]:
+def launch_config(kernels) -> dict:
+    """The kernels module's launch configuration (older modules called it CONFIG)."""
+    return getattr(kernels, "DEFAULT_CONFIG", None) or kernels.CONFIG
+
+
+def launch_tile(config: dict, kind: str, dtype: str) -> tuple[int, int]:
     """(elements, warps) per program that the launchers pick for `kind` ("fwd"/"bwd") and dtype."""
-    import torch
+    suffix = "_fp32" if dtype == "fp32" and f"{kind}_block_fp32" in config else ""  # (older: no per-dtype tiles)
+    return config[kind + "_block" + suffix], config[kind + "_warps" + suffix]
 
-    if hasattr(kernels, "_tile"):
-        return kernels._tile(kind, torch.empty(0, dtype=getattr(torch, {"bf16": "bfloat16", "fp32": "float32"}[dtype])))
-    return kernels.CONFIG[kind + "_block"], kernels.CONFIG[kind + "_warps"]  # before per-dtype tiles
+
+def column_tile(config: dict, n_cols: int, block: int) -> tuple[int, int]:
+    """(rows, columns) of a per-channel tile, as the launcher picks them."""
+    block_c = min(1 << (n_cols - 1).bit_length(), config["max_block_c"])
+    return max(1, block // block_c), block_c
 
 
 def compile_sm90(kernel, dtype: str, constexprs: dict, warps: int):
@@ -111,16 +119,16 @@ def main(argv=None) -> int:
                              "tile, so it overstates, and its issue order is the prologue's and one iteration's")
     args = parser.parse_args(argv)
     kernels = load_kernels(args.module)
+    config = launch_config(kernels)
     cases = []
     for dtype in ("bf16", "fp32"):
-        fwd, bwd = launch_tile(kernels, "fwd", dtype), launch_tile(kernels, "bwd", dtype)
+        fwd, bwd = launch_tile(config, "fwd", dtype), launch_tile(config, "bwd", dtype)
         for theta in (True, False):
             common = dict(PER_CHANNEL=False, THETA=theta, BLOCK_R=1, INT64=False, CDF=0)
             cases.append(("forward", dtype, theta, fwd, kernels._kgelu_fwd_kernel, dict(common, BLOCK_C=fwd[0])))
             cases.append(("backward", dtype, theta, bwd, kernels._kgelu_bwd_kernel,
                           dict(common, BLOCK_C=bwd[0], COMPUTE_DX=True, COMPUTE_DLAM=True)))
         if args.per_channel:
-            config = kernels.CONFIG
             # older modules tiled the per-channel backward with the per-site entry
             bwd = (config.get("channel_bwd_block", config["bwd_block"]), config["channel_bwd_warps"])
             common = dict(PER_CHANNEL=True, THETA=True, INT64=False, CDF=0)
@@ -128,7 +136,7 @@ def main(argv=None) -> int:
                 ("fwd/ch", kernels._kgelu_fwd_kernel, fwd, {}),
                 ("bwd/ch", kernels._kgelu_bwd_kernel, bwd, dict(COMPUTE_DX=True, COMPUTE_DLAM=True)),
             ):
-                block_r, block_c = kernels._column_tile(CHANNELS, block)
+                block_r, block_c = column_tile(config, CHANNELS, block)
                 cases.append((name, dtype, True, (block, warps), kernel, dict(common, BLOCK_R=block_r, BLOCK_C=block_c, **extra)))
     print(f"{'kernel':9} {'dtype':5} {'param':5} {'tile':>10} {'instr/el':>8} {'MUFU/el':>7} {'FMUL+FFMA/el':>12}")
     for name, dtype, theta, (block, warps), kernel, constexprs in cases:

@@ -30,11 +30,11 @@ for step in $steps; do
     continue
   fi
   case $step in
-    tests) timeout "${TESTS_S:-240}" $py -m pytest -q -p no:cacheprovider -rfE tests/test_kernel_gpu.py tests/test_site_launcher.py tests/test_functional.py tests/test_cpu_kernel.py ;;
+    tests) timeout "${TESTS_S:-420}" $py -m pytest -q -p no:cacheprovider -rfE tests/test_kernel_gpu.py tests/test_site_launcher.py tests/test_op_fuzz.py tests/test_functional.py tests/test_cpu_kernel.py ;;
     kernel) timeout "${KERNEL_S:-300}" $py -m benchmarks.kernel --rows "${KERNEL_ROWS:-256,2048,8192,32768}" ;;
     sweep) timeout "${SWEEP_S:-200}" $py -m benchmarks.kernel --parts sweep ;;
-    train) timeout "${TRAIN_S:-300}" $py -m benchmarks.train_step --models "${TRAIN_MODELS:-gpt2,bert,deit}" --steps "${TRAIN_STEPS:-60}" --variants "${TRAIN_VARIANTS:-gelu,kgelu,kgelu-torch,naive}" ;;
-    train_compile) timeout "${TRAIN_S:-300}" $py -m benchmarks.train_step --models "${TRAIN_MODELS:-gpt2,deit}" --compile --variants gelu,kgelu --steps "${TRAIN_STEPS:-60}" ;;
+    train) timeout "${TRAIN_S:-300}" $py -m benchmarks.train_step --models "${TRAIN_MODELS:-gpt2,bert,deit}" --steps "${TRAIN_STEPS:-60}" --variants "${TRAIN_VARIANTS:-gelu,kgelu,kgelu-op}" ;;
+    train_compile) timeout "${TRAIN_S:-300}" $py -m benchmarks.train_step --models "${TRAIN_MODELS:-gpt2,bert,deit}" --compile --variants gelu,kgelu --steps "${TRAIN_STEPS:-60}" ;;
     gaps) timeout "${GAPS_S:-150}" $py -m benchmarks.train_step --models gpt2 --gaps --variants gelu,kgelu ;;
     cpu) timeout "${CPU_S:-200}" bash -c "$py -m benchmarks.cpu --threads 1 && $py -m benchmarks.cpu --threads 8" ;;
     *) echo "unknown step $step" ;;

@@ -6,8 +6,7 @@ masked LM (32 × 128 tokens), DeiT-small (64 images of 224²); bf16 autocast, fu
   kgelu                   this package's activation (on CUDA: the Triton kernels, the C++ site path)
   kgelu-torch             the same through the torch path (HF_KGELU_FORCE_REFERENCE)
   naive                   x·½·(1 + erf(λx/√2)) with λ = 1 + softplus(θ/τ), plain autograd
-  kgelu-triton-launch     kgelu launching through Triton's `kernel[grid]` every time
-  kgelu-python-launcher   kgelu with the C++ site path off (the sites' host path in Python)
+  kgelu-op                kgelu with the C++ site path off: every site through the torch.library op
 
 All variants of a model are built (same seed) and warmed up, then timed in interleaved rounds, one
 step of each per round with CUDA events (harness.interleave); a step ends synchronised, as a
@@ -16,7 +15,7 @@ to the first variant's step of the same round, device time in kernels (torch.pro
 above the resting allocation.
 
     python -m benchmarks.train_step                                   # gpt2, bert, deit: three ratios
-    python -m benchmarks.train_step --models gpt2 --variants gelu,kgelu,kgelu-python-launcher --steps 150
+    python -m benchmarks.train_step --models gpt2 --variants gelu,kgelu,kgelu-op --steps 150
     python -m benchmarks.train_step --models gpt2 --compile --variants gelu,kgelu
     python -m benchmarks.train_step --models gpt2 --gaps --variants gelu,kgelu   # where the device idles
     python -m benchmarks.train_step --tiny --device cpu --steps 2 --no-save      # smoke test
@@ -34,7 +33,7 @@ from torch import nn
 
 from benchmarks import harness, models
 
-VARIANTS = ("gelu", "kgelu", "kgelu-torch", "naive", "kgelu-triton-launch", "kgelu-python-launcher")
+VARIANTS = ("gelu", "kgelu", "kgelu-torch", "naive", "kgelu-op")
 DEFAULT_VARIANTS = VARIANTS[:4]
 PHASES = ("forward", "backward", "optimizer")
 
@@ -66,14 +65,13 @@ def build_model(name: str, variant: str, tiny: bool) -> nn.Module:
 
 
 def variant_switches(variant: str):
-    return harness.switches(torch_path=variant == "kgelu-torch", triton_launch=variant == "kgelu-triton-launch",
-                            python_launcher=variant == "kgelu-python-launcher")
+    return harness.switches(torch_path=variant == "kgelu-torch", op_only=variant == "kgelu-op")
 
 
 def build_step(args, name: str, variant: str, marker=None):
     """One training step of a fresh model of this variant (its optimizer and batch kept), as a
     function; `marker()`, if given, runs before the forward, the backward and the optimizer."""
-    from hf_kgelu import ops as functional
+    from hf_kgelu.ops import native
 
     torch.manual_seed(0)
     cuda = args.device.startswith("cuda")
@@ -85,8 +83,8 @@ def build_step(args, name: str, variant: str, marker=None):
     batch = models.make_batch(name, config, args.batch or models.spec(name).batch, models.seq_len(name, args.tiny, args.seq),
                               args.device)
     autocast = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16)
-    if cuda and variant.startswith("kgelu") and not functional._site_launcher_tried:
-        functional._load_site_launcher()  # now, not inside a timed step
+    if cuda and variant.startswith("kgelu"):
+        native.load()  # built and loaded now, not inside a timed step
     mark = marker or (lambda: None)
 
     def step():

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_kgelu import ops as functional
+from hf_kgelu import ops
 from hf_kgelu.modeling import KGELU
-from hf_kgelu.ops import kgelu, lambda_from_theta
+from hf_kgelu.ops import kgelu, kgelu_theta, lambda_from_theta, settings
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.gpu
@@ -52,10 +52,11 @@ def _lam(value, channels=None, device="cuda"):
 
 
 @pytest.fixture(autouse=True)
-def _kernel_path(monkeypatch):
-    monkeypatch.setattr(functional, "FORCE_REFERENCE", False)
-    if CUDA:
-        torch.manual_seed(0)
+def _kernel_path():
+    with settings.override(force_reference=False):
+        if CUDA:
+            torch.manual_seed(0)
+        yield
 
 
 # ---------------------------------------------------------------- forward / backward accuracy
@@ -67,7 +68,7 @@ def _kernel_path(monkeypatch):
 def test_forward_fp32_matches_float64(lam_value, per_channel):
     x = torch.randn(9, 41, 341, device="cuda") * 3
     lam = _lam(lam_value, 341 if per_channel else None)
-    assert functional.uses_kernel(x, lam)
+    assert ops.path(x, lam) == "triton"
     out = kgelu(x, lam)
     ref = _ref_forward(x, lam)
     assert out.dtype == torch.float32 and out.shape == x.shape
@@ -222,7 +223,8 @@ def test_non_finite_inputs_behave_like_the_reference(dtype):
     out.backward(g)
     xr = x.cpu().clone().requires_grad_()
     lr = lam.cpu().clone().requires_grad_()
-    out_ref = functional.KGeluFunction.apply(xr, lr)
+    with settings.override(force_reference=True):
+        out_ref = kgelu(xr, lr)
     out_ref.backward(g.cpu())
     for ours, theirs in ((out, out_ref), (xk.grad, xr.grad), (lk.grad, lr.grad)):
         ours = ours.detach().cpu().float()
@@ -345,11 +347,13 @@ def test_peak_memory_of_forward_backward_is_gelus():
 
 @gpu
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_eager_function_and_registered_op_agree_bitwise(per_channel):
+def test_eager_and_compiled_op_agree_bitwise(per_channel):
+    """Eager and torch.compile launch the same Triton kernels with the same configuration."""
     x = torch.randn(33, 2, 341, device="cuda", dtype=torch.bfloat16)
     g = torch.randn_like(x)
+    torch._dynamo.reset()
     results = []
-    for call in (functional.KGeluKernelFunction.apply, torch.ops.hf_kgelu.kgelu):
+    for call in (kgelu, torch.compile(kgelu, fullgraph=True)):
         xs = x.clone().requires_grad_()
         lam = _lam(9.0, 341 if per_channel else None).requires_grad_()
         out = call(xs, lam)
@@ -363,11 +367,11 @@ def test_eager_function_and_registered_op_agree_bitwise(per_channel):
 def test_opcheck_schema_fake_and_autograd_registration():
     from torch.library import opcheck
 
-    for lam in (_lam(2.0), _lam(2.0, 7)):
+    for param, tau in ((_lam(2.0), None), (_lam(2.0, 7), None), (_theta(0.3), 0.1), (_theta(0.3, 7), 0.1)):
         x = torch.randn(5, 7, device="cuda", requires_grad=True)
-        opcheck(torch.ops.hf_kgelu.kgelu.default, (x, lam.requires_grad_()))
+        opcheck(torch.ops.hf_kgelu.kgelu.default, (x, param.requires_grad_(), tau))
         g = torch.randn(5, 7, device="cuda")
-        opcheck(torch.ops.hf_kgelu.kgelu_backward.default, (g, x.detach(), lam.detach(), True, True))
+        opcheck(torch.ops.hf_kgelu.kgelu_backward.default, (g, x.detach(), param.detach(), tau, True, True))
 
 
 @gpu
@@ -391,7 +395,7 @@ def test_torch_compile_fullgraph_matches_eager(num_channels):
 
 
 @gpu
-def test_autocast_bf16_matches_reference_path(monkeypatch):
+def test_autocast_bf16_matches_reference_path():
     model = torch.nn.Sequential(torch.nn.Linear(64, 128), KGELU(lambda_init=2.0), torch.nn.Linear(128, 8)).cuda()
     x = torch.randn(32, 64, device="cuda")
 
@@ -405,8 +409,8 @@ def test_autocast_bf16_matches_reference_path(monkeypatch):
     out_k, theta_k = run()
     assert out_k.dtype == torch.bfloat16 and theta_k.dtype == torch.float32
     assert model[1].theta.dtype == torch.float32
-    monkeypatch.setattr(functional, "FORCE_REFERENCE", True)
-    out_r, theta_r = run()
+    with settings.override(force_reference=True):
+        out_r, theta_r = run()
     torch.testing.assert_close(out_k.float(), out_r.float(), rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(theta_k, theta_r, rtol=1e-3, atol=1e-7)
 
@@ -493,12 +497,9 @@ def _theta(values, channels=None):
 def test_theta_path_matches_the_composition(theta_value, per_channel, tau):
     """kgelu_theta computes λ = 1 + softplus(θ/τ) in the kernel: the same λ as torch, the same
     forward, and dθ = dλ·σ(θ/τ)/τ with the same partial sums."""
-    from hf_kgelu.ops import kgelu_theta
-
     x = (torch.randn(9, 41, 341, device="cuda") * 3).requires_grad_()
     theta = _theta(theta_value, 341 if per_channel else None).requires_grad_()
     g = torch.randn_like(x)
-    assert functional._eager(x, theta)
     out = kgelu_theta(x, theta, tau)
     out.backward(g)
     xc, tc = x.detach().clone().requires_grad_(), theta.detach().clone().requires_grad_()
@@ -515,19 +516,18 @@ def test_theta_path_matches_the_composition(theta_value, per_channel, tau):
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_kgelu_module_uses_the_fused_theta_path(dtype, monkeypatch):
+def test_kgelu_module_matches_the_reference_path(dtype):
     act = KGELU(lambda_init=3.0).cuda()
     x = (torch.randn(64, 3072, device="cuda") * 2).to(dtype).requires_grad_()
-    calls = []
-    original = functional.KGeluThetaKernelFunction.apply
-    monkeypatch.setattr(functional.KGeluThetaKernelFunction, "apply", lambda *a: calls.append(1) or original(*a))
+    assert ops.path(x, act.theta) == "triton"
     out = act(x)
     out.float().square().sum().backward()
-    assert calls == [1] and out.dtype == dtype and act.theta.grad.dtype == torch.float32
+    assert out.dtype == dtype and act.theta.grad.dtype == torch.float32
     grads = x.grad.clone(), act.theta.grad.clone()
     x.grad = act.theta.grad = None
-    monkeypatch.setattr(functional, "FORCE_REFERENCE", True)
-    act(x).float().square().sum().backward()
+    with settings.override(force_reference=True):
+        assert ops.path(x, act.theta) == "reference"
+        act(x).float().square().sum().backward()
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(grads[0], x.grad, rtol=tol, atol=tol)
     torch.testing.assert_close(grads[1], act.theta.grad, rtol=10 * tol, atol=1e-6)
@@ -536,7 +536,7 @@ def test_kgelu_module_uses_the_fused_theta_path(dtype, monkeypatch):
 @gpu
 def test_theta_gradient_of_launches_of_every_grid_size():
     """Per site and per channel, from one program to thousands, back to back on one stream."""
-    from hf_kgelu.ops import triton_kernels as kernels
+    from hf_kgelu.ops import triton_launch
 
     for rows, channels in [(3, 5), (4096, 3072), (1, 1), (777, 341), (5, 1000), (2, 7)]:
         for per_channel in (False, True):
@@ -545,7 +545,7 @@ def test_theta_gradient_of_launches_of_every_grid_size():
             x = torch.randn(rows, channels, device="cuda")
             g = torch.rand_like(x) + 0.5
             theta = _theta(0.5, channels if per_channel else None)
-            _, dtheta = kernels.kgelu_backward(g, x, theta, False, True, tau=0.1)
+            _, dtheta = triton_launch.backward(g, x, theta, 0.1, need_x=False, need_param=True)
             ref, _ = _ref_theta_grads(g, x, theta, 0.1)
             assert ((dtheta.double() - ref).abs() <= 1e-4 * ref.abs() + 1e-20).all(), (rows, channels, per_channel)
 
@@ -575,7 +575,7 @@ def test_kgelu_module_under_cuda_graph_capture():
         torch.cuda.synchronize()
         xe = x.detach().clone().requires_grad_()
         te = act.theta.detach().clone().requires_grad_()
-        out_e = functional.kgelu_theta(xe, te, act.tau)
+        out_e = kgelu_theta(xe, te, act.tau)
         out_e.backward(g)
         assert torch.equal(static_out, out_e)
         assert torch.equal(x.grad, xe.grad) and torch.equal(act.theta.grad, te.grad)
@@ -583,54 +583,65 @@ def test_kgelu_module_under_cuda_graph_capture():
 
 @gpu
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_direct_launches_respect_tritons_specialisation(per_channel, monkeypatch):
-    """A kernel compiled for 16-byte-aligned pointers and sizes divisible by 16 must not be
-    launched on a misaligned view or an odd size: the direct-launch cache keys on both. Every
-    call is compared bitwise with Triton's own launch path."""
-    from hf_kgelu.ops import triton_kernels as kernel_module
-
-    monkeypatch.setattr(kernel_module, "_compiled", {})
+def test_misaligned_views_and_odd_sizes_match_the_reference(per_channel):
+    """Triton specialises kernels on 16-byte alignment and sizes divisible by 16: a misaligned
+    view or an odd size after an aligned one must get its own kernel, never the aligned one."""
     storage = torch.randn(64 * 48 + 1, device="cuda")
     cases = [
         storage[: 64 * 48].view(64, 48),  # aligned, 16 | n
         storage[1:].view(64, 48),  # 4-byte offset: misaligned
         storage[1 : 1 + 63 * 48].view(63, 48),  # misaligned, odd rows
         storage[: 7 * 48].view(7, 48),
-        storage[: 64 * 48].view(64, 48),  # the first again: a cache hit
+        storage[: 64 * 48].view(64, 48),  # the first again
     ]
     for x in cases:
-        theta = _theta(0.4, 48 if per_channel else None)
+        theta = _theta(0.4, 48 if per_channel else None).requires_grad_()
+        xs = x.detach().requires_grad_()
         g = torch.randn_like(x)
-        direct_y = kernel_module.kgelu_forward(x, theta, 0.1)
-        direct_dx, direct_dtheta = kernel_module.kgelu_backward(g, x, theta, True, True, tau=0.1)
-        monkeypatch.setattr(kernel_module, "DIRECT_LAUNCH", False)
-        triton_y = kernel_module.kgelu_forward(x, theta, 0.1)
-        triton_dx, triton_dtheta = kernel_module.kgelu_backward(g, x, theta, True, True, tau=0.1)
-        monkeypatch.setattr(kernel_module, "DIRECT_LAUNCH", True)
-        assert torch.equal(direct_y, triton_y) and torch.equal(direct_dx, triton_dx)
-        assert torch.equal(direct_dtheta, triton_dtheta)
-        assert _rel(direct_y, _ref_forward(x, lambda_from_theta(theta, 0.1))) <= 1e-5
-    # forward, backward and finish kernels, each for the distinct specialisations above
-    assert 3 <= len(kernel_module._compiled) < 3 * len(cases)
+        out = kgelu_theta(xs, theta, 0.1)
+        out.backward(g)
+        lam = lambda_from_theta(theta.detach(), 0.1)
+        assert _rel(out, _ref_forward(x, lam)) <= 1e-5
+        dx, _, _ = _ref_grads(g, x, lam)
+        assert _rel(xs.grad, dx) <= 1e-5
 
 
 # ---------------------------------------------------------------- dispatch
 
 
 @gpu
-def test_dispatch_rules(monkeypatch):
+def test_dispatch_rules():
     x = torch.randn(4, 5, device="cuda")
     lam = _lam(2.0)
-    assert all(functional.uses_kernel(x.to(d), lam) for d in (torch.float32, torch.bfloat16, torch.float16))
-    assert not functional.uses_kernel(x.double(), lam)  # float64 (gradcheck) takes the torch path
-    assert not functional.uses_kernel(x.cpu(), lam.cpu())
+    assert all(ops.path(x.to(d), lam) == "triton" for d in (torch.float32, torch.bfloat16, torch.float16))
+    assert ops.path(x.double(), lam) == "reference"  # float64 (gradcheck) takes the torch path
+    assert ops.path(x.cpu(), lam.cpu()) == "cpu"
     torch.testing.assert_close(kgelu(x.double(), lam), _ref_forward(x, lam), rtol=1e-12, atol=1e-14)
-    monkeypatch.setattr(functional, "FORCE_REFERENCE", True)
-    assert not functional.uses_kernel(x, lam)
+    with settings.override(force_reference=True):
+        assert ops.path(x, lam) == "reference"
+    theta = torch.zeros(1, device="cuda")
+    assert ops.path(x, theta, site=True) == "native"  # the C++ site path (built here)
+    assert ops.path(x.t(), theta, site=True) == "triton"  # not contiguous: the op
+    assert ops.path(x, torch.zeros(5, device="cuda"), site=True) == "triton"  # per channel: the op
+    with settings.override(native=False):
+        assert ops.path(x, theta, site=True) == "triton"
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_lambda_below_one_or_nan_gives_nan_on_cuda(dtype):
+    """On CUDA a check of λ's values would wait for the device: the kernels make the output NaN."""
+    x = torch.randn(64, 33, device="cuda", dtype=dtype)
+    for bad in (0.5, 0.0, -2.0, float("nan")):
+        assert kgelu(x, torch.tensor([bad], device="cuda")).isnan().all()
+        assert kgelu(x, torch.full((33,), bad, device="cuda")).isnan().all()
+    assert kgelu_theta(x, torch.tensor([float("nan")], device="cuda"), 0.1).isnan().all()
+    with pytest.raises(ValueError, match="≥ 1"):
+        kgelu(x, 0.5)
 
 
 def test_force_reference_env_var_is_read_at_import():
-    code = "import hf_kgelu.ops as f; print(f.FORCE_REFERENCE)"
+    code = "from hf_kgelu.ops import settings; print(settings.current().force_reference)"
     env = dict(os.environ, HF_KGELU_FORCE_REFERENCE="1", HF_HUB_OFFLINE="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"

@@ -1,14 +1,16 @@
 """The C++ site path (`hf_kgelu.ops.native`). On CPU: it builds, loads, declines CPU tensors and
-rejects bad registrations, and a missing compiler leaves the Python launcher in charge. On a GPU
-(marked): a KGELU site's outputs and gradients through it are bitwise those of the Python launcher,
-for every dtype, odd shapes, misaligned inputs, frozen θ or input, its Python-backward fallback,
-checkpointing and CUDA graphs, and it really takes the calls (its hit counter)."""
+rejects bad registrations, and a missing compiler leaves the op in charge. On a GPU (marked): a
+KGELU site's outputs and gradients through it are bitwise those of the op (Triton's public launch),
+for every dtype, odd shapes, misaligned inputs, frozen θ or input, its backward fallback,
+checkpointing and CUDA graphs; it really takes the calls (its hit counter); and it turns itself off,
+with the op serving correct results, when a registration does not match the kernel's parameters
+or its launch differs from Triton's (a simulated Triton change)."""
 
 import pytest
 import torch
 from build_probe import run_probe
 
-from hf_kgelu import ops as functional
+from hf_kgelu.ops import kgelu, settings
 from hf_kgelu.modeling import KGELU
 from hf_kgelu.ops import native as site_launcher
 
@@ -40,7 +42,7 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     print("LOADED" if site_launcher.load() else "NOT LOADED")
     site_launcher.load()
-print(sum("C++ site launcher could not be built" in str(w.message) for w in caught), "WARNINGS")
+print(sum("C++ site path could not be built" in str(w.message) for w in caught), "WARNINGS")
 """
 
 
@@ -61,23 +63,11 @@ def test_switched_off_it_builds_nothing_and_stays_quiet(tmp_path):
 # ---------------------------------------------------------------- GPU
 
 
-@pytest.fixture
-def python_path(monkeypatch):
-    """A context switch: inside `with python_path():` sites take the Python launcher (which
-    registers kernels with the C++ path, loaded first)."""
-    import contextlib
-
-    if not functional._site_launcher_tried:
-        functional._load_site_launcher()
-
-    @contextlib.contextmanager
-    def switch():
-        with monkeypatch.context() as m:
-            m.setattr(functional, "_site_launcher_ready", False)
-            m.setattr(functional, "_site_launcher_tried", True)
-            yield
-
-    return switch
+@pytest.fixture(autouse=True)
+def _fresh_native_state():
+    yield
+    if site_launcher.loaded():
+        site_launcher.reset()  # a test that turned the path off must not leave it off
 
 
 def _site(lam=1.7, device="cuda"):
@@ -94,13 +84,19 @@ def _run(act, x, g):
     return y.detach(), (x.grad if x.requires_grad else None), (act.theta.grad.clone() if act.theta.grad is not None else None)
 
 
-def _site_and_expected(python_path, x):
-    """A site, an output gradient for x, and the Python launcher's results for them (that run
-    registers the kernels with the C++ path)."""
+def _through_the_op(act, x, g):
+    """The op's results (Triton's public launch), the C++ path switched off."""
+    with settings.override(native=False):
+        return _run(act, x, g)
+
+
+def _site_and_expected(x):
+    """A site, an output gradient for x, the op's results for them, and one warm run that taught
+    (and checked) the C++ path this shape's kernels."""
     act = _site()
     g = torch.randn_like(x)
-    with python_path():
-        expected = _run(act, x, g)
+    expected = _through_the_op(act, x, g)
+    _run(act, x, g)
     return act, g, expected
 
 
@@ -111,13 +107,13 @@ def _equal(a, b):
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(9, 41, 341), (8, 64, 3072), (1,), (2049,)])
-def test_bitwise_the_python_launchers_results_and_it_takes_the_calls(dtype, shape, python_path):
+def test_bitwise_the_ops_results_and_it_takes_the_calls(dtype, shape):
     act = _site()
     x = (torch.randn(shape, device="cuda") * 3).to(dtype).requires_grad_()
     g = torch.randn(shape, device="cuda").to(dtype)
-    with python_path():
-        expected = _run(act, x, g)  # registers the kernels for this shape
-    assert functional._site_launcher_ready
+    expected = _through_the_op(act, x, g)
+    _run(act, x, g)  # the op's launches register this shape's kernels
+    assert site_launcher.load() and site_launcher.disabled_reason() is None
     before = site_launcher.stats()["hits"]
     got = _run(act, x, g)
     assert site_launcher.stats()["hits"] == before + 2  # forward and backward both in C++
@@ -127,35 +123,35 @@ def test_bitwise_the_python_launchers_results_and_it_takes_the_calls(dtype, shap
 
 @gpu
 @pytest.mark.parametrize("frozen", ["theta", "input"])
-def test_frozen_theta_or_input(frozen, python_path):
+def test_frozen_theta_or_input(frozen):
     act = _site()
     x = torch.randn(4, 300, device="cuda", requires_grad=frozen != "input")
     if frozen == "theta":
         act.freeze()
     g = torch.randn_like(x)
-    with python_path():
-        expected = _run(act, x, g)
+    expected = _through_the_op(act, x, g)
+    _run(act, x, g)
     got = _run(act, x, g)
     assert _equal(got, expected)
     assert (got[1] is None) == (frozen == "input") and (got[2] is None) == (frozen == "theta")
 
 
 @gpu
-def test_misaligned_inputs_get_their_own_kernels(python_path):
+def test_misaligned_inputs_get_their_own_kernels():
     act = _site()
     storage = torch.randn(64 * 48 + 1, device="cuda")
     for x in (storage[1:].view(64, 48), storage[:-1].view(64, 48)):
         x = x.detach().requires_grad_()
         g = torch.randn_like(x)
-        with python_path():
-            expected = _run(act, x, g)
+        expected = _through_the_op(act, x, g)
+        _run(act, x, g)
         assert _equal(_run(act, x, g), expected)
 
 
 @gpu
-def test_backward_falls_back_to_python_for_unregistered_kernels(python_path):
+def test_backward_falls_back_to_the_op_for_unregistered_kernels():
     x = torch.randn(3, 1000, device="cuda", requires_grad=True)
-    act, g, expected = _site_and_expected(python_path, x)
+    act, g, expected = _site_and_expected(x)
     y = act(x)  # through C++ (registered above)
     act.theta.grad = None
     site_launcher.clear()  # the backward now finds nothing registered
@@ -167,30 +163,29 @@ def test_backward_falls_back_to_python_for_unregistered_kernels(python_path):
     _, dx, dtheta = _run(act, x, g)  # the fallback registered the backward kernels again
     assert torch.equal(dx, expected[1]) and torch.equal(dtheta, expected[2])
     hits = site_launcher.stats()["hits"]
-    assert _equal(_run(act, x, g), expected)  # and this run's forward registered its kernel
+    assert _equal(_run(act, x, g), expected)  # and that run's forward registered its kernel
     assert site_launcher.stats()["hits"] == hits + 2
 
 
 @gpu
-def test_non_contiguous_inputs_and_per_channel_sites_take_the_python_path(python_path):
+def test_non_contiguous_inputs_and_per_channel_sites_take_the_op():
     x = torch.randn(64, 48, device="cuda").t().requires_grad_()
-    act, g, expected = _site_and_expected(python_path, x)
+    act, g, expected = _site_and_expected(x)
     before = site_launcher.stats()["hits"]
     assert _equal(_run(act, x, g), expected)
     per_channel = KGELU(lambda_init=1.7, num_channels=64).cuda()
     y = per_channel(x)
     y.backward(g)
-    torch.testing.assert_close(y, functional.kgelu(x.detach(), per_channel.lam.detach()), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(y, kgelu(x.detach(), per_channel.lam.detach()), rtol=1e-6, atol=1e-7)
     assert site_launcher.stats()["hits"] == before
 
 
 @gpu
-def test_checkpointing_and_cuda_graphs(python_path):
+def test_checkpointing_and_cuda_graphs():
     from torch.utils.checkpoint import checkpoint
 
     x = torch.randn(8, 512, device="cuda", requires_grad=True)
-    act, g, expected = _site_and_expected(python_path, x)
-    _run(act, x, g)  # registered, warm
+    act, g, expected = _site_and_expected(x)
     x1 = x.detach().clone().requires_grad_()
     act.theta.grad = None
     checkpoint(act, x1, use_reentrant=False).backward(g)
@@ -218,7 +213,7 @@ def test_checkpointing_and_cuda_graphs(python_path):
 
 
 @gpu
-def test_a_tiny_gpt2_step_under_autocast_matches_the_python_launcher(python_path):
+def test_a_tiny_gpt2_step_under_autocast_matches_the_op():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(n_layer=2, n_embd=64, n_head=4, n_positions=32, vocab_size=97, activation_function="kgelu")
@@ -232,10 +227,56 @@ def test_a_tiny_gpt2_step_under_autocast_matches_the_python_launcher(python_path
         loss.backward()
         return loss.detach(), [p.grad for p in model.parameters()]
 
-    with python_path():
+    with settings.override(native=False):
         expected_loss, expected_grads = step()
+    step()  # registers the kernels
     before = site_launcher.stats()["hits"]
     loss, grads = step()
     assert site_launcher.stats()["hits"] == before + 4  # 2 sites, forward and backward
     assert torch.equal(loss, expected_loss)
-    assert all(torch.equal(a, b) for a, b in zip(grads, expected_grads))
+    assert all(torch.equal(a, b) for a, b in zip(grads, expected_grads, strict=True))
+
+
+# ---------------------------------------------------------------- the self-checks (a simulated Triton change)
+
+
+@gpu
+def test_a_registration_unlike_the_kernels_parameters_turns_the_path_off(monkeypatch):
+    """The last runtime argument described as a 64-bit integer where the compiled kernel takes a
+    32-bit one: the driver's parameter list says so, nothing is launched from C++, and the op
+    serves correct results."""
+    site_launcher.clear()
+    real = site_launcher.argument_types
+    monkeypatch.setattr(site_launcher, "argument_types", lambda *a: (real(*a) or "-")[:-1] + "l")
+    x = torch.randn(16, 640, device="cuda", requires_grad=True)
+    act = _site()
+    g = torch.randn_like(x)
+    with pytest.warns(RuntimeWarning, match="C\\+\\+ site path is off"):
+        got = _run(act, x, g)
+    assert site_launcher.disabled_reason() is not None and not site_launcher.load()
+    assert site_launcher.stats()["kernels"] == 0
+    assert _equal(got, _through_the_op(act, x, g)) and _equal(_run(act, x, g), got)
+
+
+@gpu
+def test_a_launch_that_differs_from_tritons_turns_the_path_off(monkeypatch):
+    """A registration whose integer arguments no longer mean what they meant (here: half the
+    elements): the first C++ launch is compared with Triton's bit for bit, differs, and the path
+    turns itself off before any result of it is used."""
+    from dataclasses import replace
+
+    site_launcher.clear()
+    real = site_launcher._register
+
+    def shifted(launch, *rest):
+        args = tuple(arg // 2 if type(arg) is int and arg > 1 else arg for arg in launch.args)
+        return real(replace(launch, args=args), *rest)
+
+    monkeypatch.setattr(site_launcher, "_register", shifted)
+    x = torch.randn(16, 640, device="cuda", requires_grad=True)
+    act = _site()
+    g = torch.randn_like(x)
+    with pytest.warns(RuntimeWarning, match="differs from Triton"):
+        got = _run(act, x, g)
+    assert site_launcher.disabled_reason() is not None
+    assert _equal(got, _through_the_op(act, x, g)) and _equal(_run(act, x, g), got)

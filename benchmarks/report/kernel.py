@@ -13,6 +13,7 @@ KERNEL_VARIANTS = {
 }
 HOST_CASES = {
     "gelu": "`F.gelu`", "gelu-module": "`nn.GELU` module", "kgelu-site": "**`KGELU` module (C++ site path)**",
+    "kgelu-site-op": "`KGELU` module, through the op (C++ site path off)",
     "kgelu-site-python-launcher": "`KGELU` module, Python launcher", "kgelu-site-triton-launch": "`KGELU` module, Triton's launcher every call",
     "kgelu-theta": "`kgelu_theta(x, θ, τ)`", "kgelu": "`kgelu(x, λ)`", "kgelu-function": "`KGeluKernelFunction.apply(x, λ)`",
     "custom-op": "custom op `hf_kgelu::kgelu` (what torch.compile traces)", "softplus-in-torch": "λ = 1 + softplus(θ/τ) in torch, then `kgelu`",

@@ -5,7 +5,10 @@ from __future__ import annotations
 from benchmarks.report.tables import Index, Results, groups, label, model_rank, num, ratio, spread, table, topic
 
 STEP_VARIANTS = {"gelu": "GELU", "kgelu": "**λ-GELU (ours)**", "kgelu-torch": "λ-GELU, torch path", "naive": "naive λ-GELU",
-                 "kgelu-triton-launch": "λ-GELU, Triton's launcher", "kgelu-python-launcher": "λ-GELU, Python site launcher"}
+                 "kgelu-triton-launch": "λ-GELU, Triton's launcher", "kgelu-python-launcher": "λ-GELU, Python site launcher",
+                 "kgelu-op": "λ-GELU through the op (C++ site path off)"}
+
+
 def step_tables(res: Results) -> list[str]:
     parts = []
     rows = res.of("train_step", "train_step_compiled")

@@ -81,11 +81,6 @@ def build(command: list[str], target: Path, timeout: float = 600) -> None:
             os.unlink(tmp)
 
 
-def switched_off(env_var: str) -> bool:
-    """Whether the user turned a native library off (`env_var` = 0, false, no or off)."""
-    return os.environ.get(env_var, "").strip().lower() in ("0", "false", "no", "off")
-
-
 class LoadOnce:
     """The result of `load()`, called on the first `get()` only (thread-safe). When it raises (a
     missing or failing compiler must not stop training), `failure` formatted with the exception

@@ -1,10 +1,10 @@
-"""Fused Triton kernels for λ-GELU, f(x) = x·Φ(λx), and their host launchers.
+"""Fused Triton kernels for λ-GELU, f(x) = x·Φ(λx) (the host side is `triton_launch`).
 
 Math in float32 whatever the storage dtype (fp32/bf16/fp16):
 
 - `_kgelu_fwd_kernel`: y = x·Φ(λx), one read and one write per element. Φ is computed to
   relative precision in the negative tail, like the torch path (½·(1 + erf) cancels there),
-  with a rational-exponential erfc (see `_normal_cdf`; `CONFIG["cdf"]` selects libdevice's
+  with a rational-exponential erfc (see `_normal_cdf`; the launch config's "cdf" entry selects libdevice's
   erfc or the erf form instead, for comparisons).
 - `_kgelu_bwd_kernel`: dx = g·(Φ(λx) + λx·φ(λx)) and the λ gradient Σ g·x²·φ(λx), from g and x
   alone (nothing but x and λ is saved by the forward pass, as for torch's GELU).
@@ -37,37 +37,24 @@ Layouts: one λ (shape (1,)) treats x as a flat vector; per-channel λ (shape (C
 dense permuted one such as a transpose (per channel: with the channels innermost), is read in
 place and the output keeps its layout, as torch's elementwise ops do. Other strides (slices with
 gaps, expanded gradients) are copied to a contiguous tensor first (one copy, measured in
-`benchmarks/bench_kernel.py`).
-
-With `traceable=True` the launchers call the kernels through `torch.library.wrap_triton`, so
-they can be the body of a `torch.library.triton_op` that torch.compile traces into. The default
-(the eager path) launches a kernel through Triton once per specialisation and then the compiled
-kernel directly (`_launch`): the least host time per call.
+`python -m benchmarks.kernel`).
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-import os
-import struct
 
-import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 from triton.language.extra import libdevice
-
-from . import native as site_launcher
 
 _INV_SQRT2 = tl.constexpr(1.0 / math.sqrt(2.0))
 _INV_SQRT_2PI = tl.constexpr(1.0 / math.sqrt(2.0 * math.pi))
 
-# Launch configuration: the winners of `benchmarks/bench_kernel.py --sweep-only` on an H200, as
-# picked by `benchmarks/choose_kernel_config.py` (device time from CUDA-graph replays at
+# Launch configuration: the winners of `python -m benchmarks.kernel --parts sweep` on an H200, as
+# picked by its `--choose` (device time from CUDA-graph replays at
 # 8192×3072 elements, bf16 and fp32, per site and per channel; docs/results.md).
-CONFIG = {
+DEFAULT_CONFIG = {
     # elements and warps per forward program for 16-bit inputs; float32 has its own entries
     "fwd_block": 2048,
     "fwd_warps": 2,
@@ -91,8 +78,8 @@ CONFIG = {
     "sum_warps": 16,
     "sum_max_cols": 32,
 }
-# Tuning without editing the source (benchmarks, other GPUs): a JSON object of CONFIG entries.
-CONFIG.update(json.loads(os.environ.get("HF_KGELU_KERNEL_CONFIG", "") or "{}"))
+# Tuning without editing the source (benchmarks, other GPUs): HF_KGELU_KERNEL_CONFIG (a JSON object of
+# these entries) or `hf_kgelu.ops.settings.override(kernel_config={...})`; `launch_config()` merges them.
 _CDF_CODES = {"rational": 0, "erfc": 1, "erf": 2}
 
 # Above this many elements, offsets are computed in int64 (masked tail tiles may index past n).
@@ -153,10 +140,13 @@ def _normal_cdf(z, CDF: tl.constexpr):
 
 @triton.jit
 def _hardness(p, inv_tau, THETA: tl.constexpr):
-    """λ from the stored parameter: p itself, or 1 + softplus(p·(1/τ)) computed as torch does."""
+    """λ from the stored parameter: 1 + softplus(p·(1/τ)) computed as torch does, or p itself, where a
+    value below 1 (no hardness) becomes NaN so the output shows it (once per program, not per element)."""
     if THETA:
         s = p * inv_tau
         p = 1.0 + tl.where(s > _SOFTPLUS_THRESHOLD, s, libdevice.log1p(libdevice.exp(s)))
+    else:
+        p = tl.where(p >= 1.0, p, float("nan"))
     return p
 
 
@@ -304,276 +294,3 @@ def _kgelu_finish_kernel(
     tl.store(dparam_ptr + cols, _hardness_grad(tl.sum(acc, axis=0), param, inv_tau, THETA), mask=col_mask)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-def _multiprocessors(device_index: int) -> int:
-    if device_index < 0:
-        return 4  # Triton's interpreter on CPU (tests only)
-    return _sm_count(device_index)
-
-
-def _cdiv(n, d):
-    # triton.cdiv is a constexpr_function: from the host it costs microseconds per call
-    return (n + d - 1) // d
-
-
-def _next_power_of_2(n) -> int:
-    return 1 << (int(n) - 1).bit_length() if n > 1 else 1
-
-
-@functools.lru_cache(maxsize=64)
-def _inv_tau(tau: float | None) -> float:
-    """1/τ rounded as torch's θ / τ computes it on CUDA (float32 reciprocal, then a product)."""
-    if tau is None:
-        return 1.0
-    tau32 = struct.unpack("f", struct.pack("f", tau))[0]
-    return struct.unpack("f", struct.pack("f", 1.0 / tau32))[0]
-
-
-def _tile(kind: str, x: torch.Tensor) -> tuple[int, int]:
-    """(elements, warps) per program of the `kind` ("fwd" or "bwd") kernel for x's dtype."""
-    if x.element_size() == 4:
-        return CONFIG[kind + "_block_fp32"], CONFIG[kind + "_warps_fp32"]
-    return CONFIG[kind + "_block"], CONFIG[kind + "_warps"]
-
-
-def _column_tile(n_cols: int, block: int) -> tuple[int, int]:
-    # int(): under torch.compile with dynamic shapes this specialises on the channel count
-    block_c = min(_next_power_of_2(n_cols), CONFIG["max_block_c"])
-    return max(1, block // block_c), block_c
-
-
-def _dense(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() else t.contiguous()
-
-
-def _is_permuted_dense(t: torch.Tensor) -> bool:
-    """Whether t's elements fill its span of memory exactly once (a permutation of a contiguous
-    layout, e.g. a transpose): then an elementwise kernel can walk the storage as a flat vector."""
-    expected = 1
-    for stride, size in sorted((t.stride(i), t.size(i)) for i in range(t.dim()) if t.size(i) != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def _walkable(t: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """t itself when the kernels can walk its storage in place: contiguous, or a permuted dense
-    layout (per channel: with the channels innermost, so storage index mod C is the channel);
-    else a contiguous copy. Outputs made with `torch.empty_like` keep the same layout."""
-    if t.is_contiguous() or ((not per_channel or t.stride(-1) == 1) and _is_permuted_dense(t)):
-        return t
-    return t.contiguous()
-
-
-def _in_layout_of(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """g stored as x is (the backward walks both in the same order): g itself when it already is."""
-    if g.stride() == x.stride():
-        return g
-    return g.contiguous() if x.is_contiguous() else torch.empty_like(x, dtype=g.dtype).copy_(g)
-
-
-# Direct launches. Triton's `kernel[grid](...)` binds and specialises every argument and looks
-# the compiled kernel up on each call; that host time is a multiple of the C launch itself, and a
-# model pays it three times per site and step. So a kernel's first call for a key goes through
-# Triton (which compiles it), and later calls with the same key launch the compiled kernel
-# directly. The key is finer than Triton's specialisation: the kernel, device, warps and
-# constexprs, every integer argument's value, and each tensor's dtype and 16-byte alignment
-# (float arguments are not specialised by Triton). Set DIRECT_LAUNCH = False to go through Triton
-# every time (debugging, comparisons); Triton's launch hooks (profilers) also take that path.
-DIRECT_LAUNCH = True
-_compiled: dict[tuple, tuple] = {}
-_MAX_COMPILED_KEYS = 4096  # integer values are in the key: bound the memory of many shapes
-_KNOBS = getattr(triton, "knobs", None)  # Triton ≥ 3.4: hooks live here, the launcher convention below
-
-
-def _hooks_set() -> bool:
-    enter, exit_ = _KNOBS.runtime.launch_enter_hook, _KNOBS.runtime.launch_exit_hook
-    return bool(getattr(enter, "calls", enter)) or bool(getattr(exit_, "calls", exit_))
-
-
-def _launcher(compiled) -> tuple:
-    """(function, leading arguments) that launch `compiled` with (gridX, gridY, gridZ, stream,
-    *leading, *kernel arguments): the C launcher itself when the kernel needs no scratch memory,
-    else the compiled kernel's own Python wrapper."""
-    run = compiled.run
-    launch = getattr(run, "launch", None)
-    plain = (
-        launch is not None
-        and not getattr(run, "global_scratch_size", 1)
-        and not getattr(run, "profile_scratch_size", 1)
-        and hasattr(run, "launch_cooperative_grid")
-        and hasattr(run, "launch_pdl")
-    )
-    if plain:
-        meta = (compiled.packed_metadata, None, None, None)
-        return launch, (compiled.function, run.launch_cooperative_grid, run.launch_pdl, None, None, *meta)
-    return run, (compiled.function, compiled.packed_metadata, None, None, None)
-
-
-def launches_direct() -> bool:
-    """Whether eager launches skip Triton's Python launcher (and may take the C++ site path)."""
-    return DIRECT_LAUNCH and _KNOBS is not None and not _hooks_set()
-
-
-def _launch(
-    kernel, grid: tuple, args: tuple, constexprs: tuple, num_warps: int, device: int, traceable: bool, site: tuple | None = None
-) -> None:
-    """`kernel[grid](*args, *constexprs, num_warps=num_warps)`, directly once compiled.
-
-    `args` are the runtime arguments in the kernel's order, `constexprs` the values after them;
-    `device` is the tensors' CUDA device index (`Tensor.get_device()`: −1 on the CPU interpreter).
-    `site` = (x's dtype, need flags, x's element count) marks a launch the C++ site path can
-    repeat (one θ, contiguous tensors): the compiled kernel is registered with it."""
-    if device >= 0 and device != torch._C._cuda_getDevice():
-        with torch.cuda.device(device):  # Triton launches on the current device
-            return _launch(kernel, grid, args, constexprs, num_warps, device, traceable, site)
-    direct = not traceable and device >= 0 and launches_direct()
-    if direct:
-        # Tensors go to the C launcher as their addresses: given a tensor it would call data_ptr()
-        # again and ask the driver to validate the pointer (the callers pass CUDA tensors only).
-        values = [arg.data_ptr() if isinstance(arg, torch.Tensor) else arg for arg in args]
-        # __name__: hashing a JITFunction is slow; floats (1/τ) are not specialised, so not in the key
-        key = (kernel.__name__, device, num_warps, constexprs, *[
-            (arg.dtype, value % 16 == 0) if isinstance(arg, torch.Tensor) else arg
-            for arg, value in zip(args, values) if not isinstance(arg, float)
-        ])
-        entry = _compiled.get(key)
-        if entry is not None:
-            launch, leading, compiled = entry
-            launch(grid[0], grid[1], 1, torch._C._cuda_getCurrentRawStream(device), *leading, *values, *constexprs)
-            if site is not None and site_launcher.loaded():
-                site_launcher.register(kernel, compiled, args, values, grid, num_warps, device, site)
-            return
-    # Through Triton: traced (torch.compile), every call (direct launches off), or a key's first call.
-    named = dict(zip(kernel.arg_names[len(args) :], constexprs))
-    compiled = (wrap_triton(kernel) if traceable else kernel)[grid](*args, **named, num_warps=num_warps)
-    if direct:
-        if len(_compiled) >= _MAX_COMPILED_KEYS:
-            _compiled.clear()
-        compiled = compiled.result() if hasattr(compiled, "result") else compiled
-        _compiled[key] = (*_launcher(compiled), compiled)
-        if site is not None and site_launcher.loaded():
-            site_launcher.register(kernel, compiled, args, values, grid, num_warps, device, site)
-
-
-def _check(x: torch.Tensor, param: torch.Tensor) -> None:
-    if param.dtype != torch.float32 or param.dim() != 1:
-        raise ValueError(f"λ (θ) must be a float32 tensor of shape (1,) or (C,), got {param.dtype} {tuple(param.shape)}")
-    if param.numel() > 1 and (x.dim() == 0 or x.shape[-1] != param.numel()):
-        raise ValueError(f"per-channel λ has {param.numel()} channels but x has shape {tuple(x.shape)}")
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"the λ-GELU kernel takes float32/bfloat16/float16 inputs, got {x.dtype}")
-
-
-def kgelu_forward(
-    x: torch.Tensor, param: torch.Tensor, tau: float | None = None, traceable: bool = False, validate: bool = True
-) -> torch.Tensor:
-    """y = x·Φ(λx) for any shape and strides; y has x's dtype, and x's layout when x is dense
-    (else contiguous). `param` is λ, or θ when a temperature `tau` is given (λ = 1 + softplus(θ/τ)
-    is then computed in the kernel).
-    `validate=False` skips the argument checks, for callers that made them already."""
-    if validate:
-        _check(x, param)
-    per_channel = param.numel() > 1
-    x = _walkable(x, per_channel)
-    param = _dense(param)
-    y = torch.empty_like(x)  # x's layout (a transposed x gives a transposed y, as torch's GELU does)
-    n = x.numel()
-    if n == 0:
-        return y
-    block, warps = _tile("fwd", x)
-    if per_channel:
-        n_cols = param.numel()
-        n_rows = n // n_cols
-        block_r, block_c = _column_tile(n_cols, block)
-        grid = (_cdiv(n_rows, block_r), _cdiv(n_cols, block_c))
-    else:
-        n_rows, n_cols, block_r, block_c = 1, n, 1, block
-        grid = (_cdiv(n, block), 1)
-    # PER_CHANNEL, THETA, BLOCK_R, BLOCK_C, INT64, CDF
-    constexprs = (per_channel, tau is not None, block_r, block_c, n > _INT32_SAFE_ELEMENTS, _CDF_CODES[CONFIG["cdf"]])
-    # one θ, contiguous: a launch the C++ site path repeats
-    site = (x.dtype, 0, n) if tau is not None and not per_channel and x.is_contiguous() else None
-    _launch(
-        _kgelu_fwd_kernel, grid, (x, param, _inv_tau(tau), y, n_rows, n_cols), constexprs,
-        warps, x.get_device(), traceable, site,
-    )
-    return y
-
-
-def _row_programs(tiles: int, column_blocks: int, device: int) -> int:
-    """Per-channel row-programs: about CONFIG["channel_programs_per_sm"] per SM in all."""
-    wanted = (_multiprocessors(device) * CONFIG["channel_programs_per_sm"]) // column_blocks
-    return max(1, min(tiles, wanted))
-
-
-def kgelu_backward(
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    param: torch.Tensor,
-    need_x: bool = True,
-    need_param: bool = True,
-    tau: float | None = None,
-    traceable: bool = False,
-    validate: bool = True,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(dx, dλ) — or (dx, dθ) when `tau` is given — from the output gradient, x and the
-    parameter; either is None when not needed. dx has x's dtype, shape and (dense) layout; the
-    parameter's gradient is float32 with its shape. `validate=False` skips the argument checks
-    (autograd already guarantees grad_out's shape)."""
-    if validate:
-        _check(x, param)
-        if grad_out.shape != x.shape:
-            raise ValueError(f"grad_out has shape {tuple(grad_out.shape)} but x has {tuple(x.shape)}")
-    if not need_x and not need_param:
-        return None, None
-    per_channel = param.numel() > 1
-    x = _walkable(x, per_channel)
-    grad_out = _in_layout_of(grad_out, x)  # e.g. the stride-0 gradient of a .sum()
-    param = _dense(param)
-    n = x.numel()
-    dx = torch.empty_like(x) if need_x else None
-    if n == 0:
-        return dx, (torch.zeros_like(param) if need_param else None)
-    inv_tau = _inv_tau(tau)
-    device = x.get_device()
-    if per_channel:
-        n_cols = param.numel()
-        n_rows = n // n_cols
-        block_r, block_c = _column_tile(n_cols, CONFIG["channel_bwd_block"])
-        column_blocks = _cdiv(n_cols, block_c)
-        tiles = _cdiv(n_rows, block_r)
-        programs = _row_programs(tiles, column_blocks, device)
-        warps = CONFIG["channel_bwd_warps"]
-    else:
-        block_c, warps = _tile("bwd", x)
-        n_rows, n_cols, block_r, column_blocks = 1, n, 1, 1
-        tiles = programs = _cdiv(n, block_c)
-    partial_cols = n_cols if per_channel else 1
-    partials = torch.empty(programs * partial_cols if need_param else 1, device=x.device, dtype=torch.float32)
-    # PER_CHANNEL, THETA, COMPUTE_DX, COMPUTE_DLAM, BLOCK_R, BLOCK_C, INT64, CDF
-    constexprs = (per_channel, tau is not None, need_x, need_param, block_r, block_c, n > _INT32_SAFE_ELEMENTS, _CDF_CODES[CONFIG["cdf"]])
-    site = None
-    if tau is not None and not per_channel and x.is_contiguous() and grad_out.is_contiguous():
-        site = (x.dtype, int(need_x) | int(need_param) << 1, n)  # a launch the C++ site path repeats
-    _launch(
-        _kgelu_bwd_kernel, (programs, column_blocks),
-        (grad_out, x, param, inv_tau, dx if need_x else x, partials, n_rows, n_cols, tiles),
-        constexprs, warps, device, traceable, site,
-    )
-    if not need_param:
-        return dx, None
-    sum_cols = min(block_c, CONFIG["sum_max_cols"]) if per_channel else 1
-    sum_rows = max(1, min(CONFIG["sum_block"] // sum_cols, _next_power_of_2(programs)))
-    dparam = torch.empty_like(param)
-    _launch(
-        _kgelu_finish_kernel, (_cdiv(partial_cols, sum_cols), 1), (partials, param, inv_tau, dparam, programs, partial_cols),
-        (tau is not None, sum_rows, sum_cols), CONFIG["sum_warps"], device, traceable,
-        site and (site[0], 0, site[2]),  # the partial-sum kernel is the same whatever the need flags
-    )
-    return dx, dparam

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from ..hardness import BOUNDS, target_lambda
@@ -154,7 +155,11 @@ def _eval_results(comparison, task_type: str | None, dataset_type: str, dataset_
 def _template():
     import jinja2
 
-    text = resources.files("hf_kgelu.model_cards").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
+    try:
+        folder = resources.files("hf_kgelu.model_cards")  # installed: the wheel's copy of model_cards/
+    except ModuleNotFoundError:  # a source checkout on sys.path, not installed
+        folder = Path(__file__).resolve().parents[2] / "model_cards"
+    text = folder.joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
     return jinja2.Template(text, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
 
 

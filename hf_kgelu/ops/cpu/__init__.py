@@ -12,7 +12,7 @@ concurrent processes are safe. No torch headers: a build takes well under a seco
 
 Without a compiler, or when a build fails, a warning says why once and the torch path serves
 (same results, slower). `HF_KGELU_CPU_KERNEL=0` turns the kernel off; the torch path is also
-what `HF_KGELU_FORCE_REFERENCE=1` forces.
+what `HF_KGELU_FORCE_REFERENCE=1` forces (`hf_kgelu.ops.settings`). A NaN λ gives NaN outputs.
 
 float32, bfloat16 and float16 tensors, math in float32; contiguous or not (copied); per site or
 per channel (λ over the last dimension). Up to
@@ -29,23 +29,15 @@ from pathlib import Path
 
 import torch
 
-from ..build_cache import (
-    LoadOnce,
-    build,
-    cached_path,
-    cpu_features,
-    find_compiler,
-    switched_off,
-)
+from ..build_cache import LoadOnce, build, cached_path, cpu_features, find_compiler
 
 SOURCE = Path(__file__).with_name("kgelu_cpu.c")
 # -mprefer-vector-width=512 (x86 only): gcc's -march=native keeps 256-bit vectors on Intel
 # AVX-512 CPUs; 256-bit vectors made the kernel 1.4–1.8× slower on a Xeon and an EPYC alike
-# (benchmarks/cpu_kernel_flags.py). Ignored without AVX-512.
+# (`python -m benchmarks.cpu --parts flags`). Ignored without AVX-512.
 CFLAGS = (
     "-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd", "-pthread", "-std=gnu11",
 ) + (("-mprefer-vector-width=512",) if platform.machine().lower() in ("x86_64", "amd64") else ())
-DISABLE_ENV = "HF_KGELU_CPU_KERNEL"
 MAX_CHANNELS = 65536  # the per-channel loops keep two rows of λ on the stack
 _MIN_ELEMENTS_PER_THREAD = 65536  # below this, waking a pool thread costs more than it saves
 _CHANNEL_BLOCK_ELEMENTS = 16384  # rows per partial sum: about this many elements
@@ -87,8 +79,6 @@ def load() -> ctypes.CDLL | None:
 
 
 def _load() -> ctypes.CDLL | None:
-    if switched_off(DISABLE_ENV):
-        return None
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C compiler found ($CC, cc, gcc or clang)")
@@ -101,7 +91,7 @@ def _load() -> ctypes.CDLL | None:
 _library = LoadOnce(
     _load,
     "hf_kgelu: the CPU kernel could not be built ({}); λ-GELU on CPU uses the slower torch path. "
-    f"Install a C compiler (e.g. `apt-get install gcc`) or set {DISABLE_ENV}=0 to use the torch path "
+    "Install a C compiler (e.g. `apt-get install gcc`) or set HF_KGELU_CPU_KERNEL=0 to use the torch path "
     "without this warning.",
 )
 

@@ -98,7 +98,7 @@ static inline float normal_cdf(float u, float *e) {
     float au = fabsf(u);
     float hi = au * au;
     float lo = fmaf(au, au, -hi);
-    int beyond = !(hi <= HI_MAX); /* also NaN: the caller's product with x keeps it NaN */
+    int beyond = !(hi <= HI_MAX); /* also NaN, handled below */
     hi = beyond ? HI_MAX : hi;
     lo = beyond ? 0.0f : lo;
     float t = reciprocal(fmaf(0.5f, beyond ? 0.0f : au, 1.0f)); /* beyond: t is not used */
@@ -114,11 +114,14 @@ static inline float normal_cdf(float u, float *e) {
     p = p * t - 1.26551223f;
     float half_erfc = 0.5f * t * exp_neg_square(hi, lo, p);
     half_erfc = beyond ? 0.0f : half_erfc;
+    int nan = u != u; /* a NaN λ (x is finite): Φ and the density stay NaN, so the output says so */
     if (e) {
         float density = exp_neg_square(hi, lo, 0.0f);
-        *e = beyond ? 0.0f : density;
+        density = beyond ? 0.0f : density;
+        *e = nan ? u : density;
     }
-    return u < 0.0f ? half_erfc : 1.0f - half_erfc;
+    float cdf = u < 0.0f ? half_erfc : 1.0f - half_erfc;
+    return nan ? u : cdf;
 }
 
 static inline float forward_one(float x, float s) { return x * normal_cdf(x * s, (float *)0); }

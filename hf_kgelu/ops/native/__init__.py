@@ -1,22 +1,25 @@
-"""The C++ host path of a λ-GELU site on CUDA (`site_launch.cpp`): built at first use, then one call per site.
+"""The C++ site path on CUDA (`site_launch.cpp`): the eager host path of a λ-GELU site, without Python.
 
 A `KGELU` site with one θ on a contiguous CUDA input calls `site_forward` (the operator
 `hf_kgelu_native::site_forward`): a C++ autograd node that launches the Triton-compiled kernels
-of `hf_kgelu.kernels` itself, forward and backward, with no Python on the way. The kernels stay Triton's:
-the Python launcher registers each compiled kernel with the C++ table (`register`) the first
-time it launches it for a site's shape, and the C++ side returns None (forward) or calls back the
-Python backward (`fallback_backward`) until then. Outputs and gradients are bitwise those of the
-Python path: the same kernels with the same arguments.
+itself, forward and backward. It only repeats launches it has seen: the op's public launch
+(`triton_launch`, Triton's `kernel[grid](...)`) hands each compiled kernel of a site's shape to
+`adopt_forward` / `adopt_backward` the first time, and until then the forward returns None (the
+caller takes the op) and the backward calls the op's backward through `fallback_backward`.
+
+It reads what Triton does not promise to keep (the compiled kernel's handle, shared memory and
+which arguments stay parameters), so it checks itself, and any doubt turns it off, for the
+process, with one warning — the op then serves every call, with the same results:
+- at registration the driver must report the kernel's parameters as the C++ side passes them
+  (`cuFuncGetParamInfo`; CUDA 12.4+);
+- each new registration runs once here and once through Triton on the real inputs, and the
+  outputs and gradients must be equal bit for bit.
 
 Build: the machine's C++ compiler (`$CXX`, else c++, g++ or clang++) against the installed
-torch's headers and libraries (no CUDA toolkit, no Python headers, no ninja), cached like the
-CPU kernel (`hf_kgelu.build_cache`), keyed by the source, flags, compiler and torch version.
-It takes about half a minute, once. Without a compiler, or when the build fails, a warning says why
-once and the Python launcher serves (same results, more host time per site).
-`HF_KGELU_NATIVE=0` turns it off.
-
-Triton's launch hooks (its profilers) see only Python-path launches: set `HF_KGELU_NATIVE=0`, or
-`hf_kgelu.kernels.kgelu.DIRECT_LAUNCH = False`, when profiling with them.
+torch's headers and libraries (no CUDA toolkit, no Python headers, no ninja), cached like the CPU
+kernel (`hf_kgelu.ops.build_cache`), keyed by the source, flags, compiler and torch version;
+about half a minute, once. `HF_KGELU_NATIVE=0` turns it off (also when profiling with Triton's
+launch hooks: this path does not call them).
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from ..build_cache import LoadOnce, build, cached_path, find_compiler, switched_off
+from .. import settings
+from ..build_cache import LoadOnce, build, cached_path, find_compiler
 
 SOURCE = Path(__file__).with_name("site_launch.cpp")
-DISABLE_ENV = "HF_KGELU_NATIVE"
 CXXFLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-w")
 MAX_REGISTERED = 12288  # kernels per (shape, dtype, ...) are registered; bound the tables
 KERNEL_IDS = {"_kgelu_fwd_kernel": 0, "_kgelu_bwd_kernel": 1, "_kgelu_finish_kernel": 2}
@@ -41,6 +44,7 @@ _ARG_TYPES = {"fp32": "f", "f32": "f", "i32": "i", "i64": "l", "constexpr": "-"}
 
 logger = logging.getLogger(__name__)
 _registered: set = set()
+_disabled: list[str] = []  # why this process stopped using the path (empty: in use)
 _python_impl = None  # keeps the Library object (the fallback backward's registration) alive
 
 
@@ -63,47 +67,61 @@ def library_path(compiler: list[str]) -> Path:
 
 
 def _load() -> bool:
-    if switched_off(DISABLE_ENV):
-        return False
     compiler = find_compiler("CXX", ("c++", "g++", "clang++"))
     if compiler is None:
         raise RuntimeError("no C++ compiler found ($CXX, c++, g++ or clang++)")
     target = library_path(compiler)
     if not target.exists():
-        logger.warning("hf_kgelu: building the C++ site launcher once (about half a minute) into %s", target.parent)
+        logger.warning("hf_kgelu: building the C++ site path once (about half a minute) into %s", target.parent)
         build(build_command(compiler), target)
     torch.ops.load_library(str(target))
+    _install_fallback_backward()
     return True
 
 
 _library = LoadOnce(
     _load,
-    "hf_kgelu: the C++ site launcher could not be built ({}); λ-GELU sites on CUDA use the Python "
-    "launcher (same results, more host time per call). Install a C++ compiler (e.g. `apt-get install "
-    f"g++`) or set {DISABLE_ENV}=0 to skip it without this warning.",
+    "hf_kgelu: the C++ site path could not be built ({}); λ-GELU sites on CUDA take the torch.library op "
+    "(same results, more host time per call). Install a C++ compiler (e.g. `apt-get install g++`) or set "
+    "HF_KGELU_NATIVE=0 to skip it without this warning.",
 )
 
 
 def loaded() -> bool:
-    """Whether `load()` has loaded the library (without trying to)."""
+    """Whether the library is loaded (without trying to load it)."""
     return bool(_library.value)
 
 
 def load() -> bool:
-    """Whether the C++ site path is available (built and loaded on the first call; a warning
-    says why, once, when it cannot be)."""
-    return bool(_library.get())
+    """Whether the C++ site path may serve calls now: switched on, not turned off by a failed
+    self-check, built and loaded (built on the first call; a warning says why, once, when it cannot be)."""
+    return settings.current().native and not _disabled and bool(_library.get())
 
 
-def set_python_backward(kgelu_backward) -> None:
-    """Install the backward the C++ node calls for a kernel not registered yet: `kgelu_backward`
-    of the Triton launcher (`hf_kgelu.kernels`), which registers the kernels on its way."""
+def disable(reason: str) -> None:
+    """Stop using the C++ site path in this process (the op serves every call), saying why once."""
+    if not _disabled:
+        warnings.warn(f"hf_kgelu: the C++ site path is off for this process: {reason}. The torch.library op serves every "
+                      "λ-GELU call instead (same results, more host time per call).", RuntimeWarning, stacklevel=3)
+    _disabled.append(reason)
+    if loaded():
+        torch.ops.hf_kgelu_native.set_enabled(False)
+
+
+def disabled_reason() -> str | None:
+    return _disabled[0] if _disabled else None
+
+
+def _install_fallback_backward() -> None:
+    """The C++ node's backward for a kernel not registered yet: the op's public backward."""
     global _python_impl
-    if _python_impl is not None:
-        return
 
     def fallback_backward(g, x, theta, tau, need_x, need_theta):
-        dx, dtheta = kgelu_backward(g, x, theta, need_x, need_theta, tau=tau, validate=False)
+        from ..triton_launch import backward  # (CUDA only: importing it needs triton)
+
+        record = []
+        dx, dtheta = backward(g, x, theta, tau, need_x, need_theta, record=record)
+        adopt_backward(record, g, x, theta, tau, need_x, need_theta, dx, dtheta)
         # an operator returns tensors: empty stand-ins for the gradients nobody asked for
         return (dx if dx is not None else x.new_empty(0)), (dtheta if dtheta is not None else theta.new_empty(0))
 
@@ -113,8 +131,8 @@ def set_python_backward(kgelu_backward) -> None:
 
 
 def site_forward(x: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tensor | None:
-    """x·Φ(λx) through the C++ node, or None when it does not take the call (the caller then
-    takes the Python path). Call only after `load()` returned True."""
+    """x·Φ(λx) through the C++ node, or None when it does not take the call (the caller then takes
+    the op). Call only after `load()` returned True."""
     return torch.ops.hf_kgelu_native.site_forward(x, theta, tau)
 
 
@@ -139,9 +157,10 @@ def argument_types(kernel, compiled, count: int) -> str | None:
 def _plain(compiled) -> bool:
     """Whether a plain cuLaunchKernel launches it as Triton would: one CTA per program, no
     cluster, PDL or cooperative launch, no scratch memory."""
-    meta = compiled.metadata
+    meta = getattr(compiled, "metadata", None)
     return (
-        getattr(meta, "num_ctas", 1) == 1
+        meta is not None
+        and getattr(meta, "num_ctas", 1) == 1
         and not getattr(meta, "launch_pdl", False)
         and not getattr(meta, "launch_cooperative_grid", False)
         and not getattr(meta, "global_scratch_size", 0)
@@ -150,34 +169,86 @@ def _plain(compiled) -> bool:
     )
 
 
-def register(kernel, compiled, args: tuple, values: list, grid: tuple, num_warps: int, device: int, site: tuple) -> None:
-    """Register a kernel the Python launcher just launched for a site. `site` is (x's dtype,
-    need flags, x's element count); `values` are the arguments as passed (tensors as addresses)."""
-    dtype, flags, numel = site
-    aligned = sum(1 << i for i, (arg, value) in enumerate(zip(args, values)) if isinstance(arg, torch.Tensor) and value % 16 == 0)
-    key = (KERNEL_IDS[kernel.__name__], device, SCALAR_TYPES[dtype], flags, numel, aligned)
+def _register(launch, flags: int, numel: int, dtype: torch.dtype) -> bool | None:
+    """Register one launch (see site_launch.cpp's key). True: newly registered; None: already
+    known (or not registrable, already said); False: the kernel is not what the C++ side passes."""
+    values = [arg.data_ptr() if isinstance(arg, torch.Tensor) else arg for arg in launch.args]
+    aligned = sum(1 << i for i, (arg, value) in enumerate(zip(launch.args, values))
+                  if isinstance(arg, torch.Tensor) and value % 16 == 0)
+    device = launch.args[0].get_device()
+    key = (KERNEL_IDS[launch.kernel.__name__], device, SCALAR_TYPES[dtype], flags, numel, aligned)
     if key in _registered:
-        return
+        return None
     if len(_registered) >= MAX_REGISTERED:  # many shapes (e.g. dynamic padding): start over
         clear()
     _registered.add(key)  # also when not registrable: do not look again on every call
-    types = argument_types(kernel, compiled, len(args))
-    if types is None or not _plain(compiled):
-        return
-    ints = [arg if type(arg) is int else 0 for arg in args]
+    compiled = launch.compiled
+    types = argument_types(launch.kernel, compiled, len(launch.args))
+    if types is None or not _plain(compiled) or not hasattr(compiled, "function"):
+        return False
+    ints = [arg if type(arg) is int else 0 for arg in launch.args]
     try:
-        torch.ops.hf_kgelu_native.register_kernel(
-            *key, compiled.function, grid[0], grid[1], 32 * num_warps, compiled.metadata.shared, types, ints
-        )
-    except Exception as exc:  # the Python launcher keeps serving this shape
-        warnings.warn(f"hf_kgelu: a kernel could not be registered with the C++ site path ({exc})", RuntimeWarning, stacklevel=2)
+        return bool(torch.ops.hf_kgelu_native.register_kernel(
+            *key, compiled.function, launch.grid[0], launch.grid[1], 32 * launch.num_warps, compiled.metadata.shared,
+            types, ints,
+        ))
+    except (RuntimeError, AttributeError, TypeError, ValueError):
+        return False
+
+
+def _site_case(x: torch.Tensor, theta: torch.Tensor, tau: float | None) -> bool:
+    # (not while a CUDA graph is captured: the self-check compares results, which waits for them)
+    return (tau is not None and theta.numel() == 1 and x.is_contiguous() and x.numel() > 0
+            and type(x) is torch.Tensor and not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing())
+
+
+def adopt_forward(record: list, x: torch.Tensor, theta: torch.Tensor, tau: float | None, y: torch.Tensor) -> None:
+    """After a public forward launch of a site: register its kernel and check the C++ launch of it
+    against `y`, bit for bit (switching the path off on any difference)."""
+    if not load() or not _site_case(x, theta, tau) or len(record) != 1:
+        return
+    registered = _register(record[0], 0, x.numel(), x.dtype)
+    if registered is False:
+        disable("the compiled forward kernel's parameters are not the ones it passes (a Triton upgrade?)")
+    elif registered:
+        mine = torch.ops.hf_kgelu_native.check_forward(x, theta, tau)
+        if mine is None or not torch.equal(mine, y):
+            disable(f"its forward launch differs from Triton's on a {tuple(x.shape)} {x.dtype} input (a Triton upgrade?)")
+
+
+def adopt_backward(record: list, g, x, theta, tau, need_x: bool, need_theta: bool, dx, dtheta) -> None:
+    """After a public backward launch of a site: register its kernels and check the C++ launches
+    against (dx, dθ), bit for bit."""
+    if not load() or not _site_case(x, theta, tau) or not g.is_contiguous() or not record:
+        return
+    flags = int(need_x) | int(need_theta) << 1
+    results = [_register(record[0], flags, x.numel(), x.dtype)]
+    if need_theta and len(record) > 1:  # the partial-sum kernel is the same whatever the need flags
+        results.append(_register(record[1], 0, x.numel(), x.dtype))
+    if False in results:
+        disable("a compiled backward kernel's parameters are not the ones it passes (a Triton upgrade?)")
+        return
+    if not any(results):
+        return
+    mine = torch.ops.hf_kgelu_native.check_backward(g, x, theta, tau, need_x, need_theta)
+    same = len(mine) == 2 and (not need_x or torch.equal(mine[0], dx)) and (not need_theta or torch.equal(mine[1], dtheta))
+    if not same:
+        disable(f"its backward launches differ from Triton's on a {tuple(x.shape)} {x.dtype} input (a Triton upgrade?)")
 
 
 def clear() -> None:
-    """Forget every registered kernel (tests; the next Python-path launch registers again)."""
+    """Forget every registered kernel (tests; the next public launch registers again)."""
     _registered.clear()
     if loaded():
         torch.ops.hf_kgelu_native.clear()
+
+
+def reset() -> None:
+    """Forget the registrations and a self-check's verdict (tests)."""
+    clear()
+    _disabled.clear()
+    if loaded():
+        torch.ops.hf_kgelu_native.set_enabled(True)
 
 
 def stats() -> dict[str, int]:
