@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import cProfile
 import csv
-import functools
 import io
 import math
 import os

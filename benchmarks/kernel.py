@@ -204,7 +204,7 @@ def table(args, recorder: harness.Recorder) -> None:
                         captured = graphs(v.fn, v.param, xs, inputs.grads)
                     for mode, graph in captured.items():
                         device_cases[(name, f"{mode}_device_us")] = (
-                            lambda graph=graph: harness.replay_ms(graph, args.replays) * 1e3 / inputs.copies)
+                            lambda graph=graph, copies=inputs.copies: harness.replay_ms(graph, args.replays) * 1e3 / copies)
                 call_cases |= per_call_cases(name, v, xs[0], inputs.grads[0], args.warmup_ms, args.rep_ms // args.rounds)
                 with kernel_config(v.config):
                     if not v.compiled:  # saved-tensor hooks and torch.compile do not mix
@@ -387,7 +387,8 @@ def sweep(args, recorder: harness.Recorder) -> None:
                             lambda x, th: kgelu_theta(x, th, 0.1), theta, inputs.dense, inputs.grads)
         for variant, modes in captured.items():
             for mode, graph in modes.items():
-                cases[(variant, f"{mode}_device_us")] = lambda graph=graph: harness.replay_ms(graph, args.replays) * 1e3 / inputs.copies
+                cases[(variant, f"{mode}_device_us")] = (
+                    lambda graph=graph, copies=inputs.copies: harness.replay_ms(graph, args.replays) * 1e3 / copies)
         samples = harness.interleave(cases, args.rounds)
         for (variant, metric), values in samples.items():
             recorder.add("kernel_sweep", variant, metric, harness.Stats.of(values), dtype=dname, shape=shape)
