@@ -22,11 +22,11 @@ ABSOLUTE = {torch.float32: 1e-30, torch.float64: 1e-300, torch.bfloat16: 1e-30, 
 
 def _reference(x: torch.Tensor, lam: torch.Tensor, g: torch.Tensor):
     """Output, dx and dλ in float64 (autograd of x·½·erfc(−λx/√2)), and Σ|dλ terms| for a scale."""
-    x64 = x.detach().double().requires_grad_()
-    lam64 = lam.detach().double().requires_grad_()
+    x64 = x.detach().double().cpu().requires_grad_()
+    lam64 = lam.detach().double().cpu().requires_grad_()
     y = x64 * 0.5 * torch.erfc(-lam64 * x64 / math.sqrt(2))
-    (y * g.double()).sum().backward()
-    terms = (g.double() * x64.detach() ** 2 * torch.exp(-0.5 * (lam64.detach() * x64.detach()) ** 2)).abs()
+    (y * g.double().cpu()).sum().backward()
+    terms = (g.double().cpu() * x64.detach() ** 2 * torch.exp(-0.5 * (lam64.detach() * x64.detach()) ** 2)).abs()
     scale = terms.sum() if lam.numel() == 1 else terms.reshape(-1, lam.numel()).sum(0)
     return y.detach().reshape(x.shape), x64.grad, lam64.grad, scale / math.sqrt(2 * math.pi)
 

@@ -37,8 +37,10 @@ def path(x: torch.Tensor, param: torch.Tensor, site: bool = False) -> str:
     "cpu"        CPU float32/bfloat16/float16 in eager mode: the op's compiled C kernel
     "reference"  everything else (float64, traced on CPU, no compiler or triton, force_reference): torch ops
     """
+    if torch.compiler.is_compiling():  # (first: Dynamo cannot trace the settings' ContextVar)
+        return "triton" if x.is_cuda and x.dtype in KERNEL_DTYPES and triton_launch is not None else "reference"
     current = settings.current()
-    eager = type(x) is torch.Tensor and not torch.compiler.is_compiling() and not torch._C._len_torch_dispatch_stack()
+    eager = type(x) is torch.Tensor and not torch._C._len_torch_dispatch_stack()
     if x.is_cuda and x.dtype in KERNEL_DTYPES and triton_launch is not None and not current.force_reference:
         if site and eager and param.numel() == 1 and x.is_contiguous() and native.load():
             return "native"
@@ -89,7 +91,7 @@ def kgelu_theta(x: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tenso
 
     On CUDA in eager mode a site with one θ on a contiguous input goes through the C++ site path
     (one call, no Python in its forward or backward) once the op has launched its shape."""
-    if x.is_cuda and path(x, theta, site=True) == "native":
+    if x.is_cuda and not torch.compiler.is_compiling() and path(x, theta, site=True) == "native":
         y = native.site_forward(x, theta, tau)  # None: a shape the op has not launched yet
         if y is not None:
             return y

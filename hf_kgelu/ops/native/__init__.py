@@ -169,9 +169,17 @@ def _plain(compiled) -> bool:
     )
 
 
-def _register(launch, flags: int, numel: int, dtype: torch.dtype) -> bool | None:
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (NaN included, which == would call unequal to itself)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    as_int = {8: torch.int64, 4: torch.int32, 2: torch.int16}[a.element_size()]
+    return torch.equal(a.contiguous().view(as_int), b.contiguous().view(as_int))
+
+
+def _register(launch, flags: int, numel: int, dtype: torch.dtype) -> bool | str | None:
     """Register one launch (see site_launch.cpp's key). True: newly registered; None: already
-    known (or not registrable, already said); False: the kernel is not what the C++ side passes."""
+    known (or not registrable, already said); a string: why the C++ side cannot repeat it."""
     values = [arg.data_ptr() if isinstance(arg, torch.Tensor) else arg for arg in launch.args]
     aligned = sum(1 << i for i, (arg, value) in enumerate(zip(launch.args, values))
                   if isinstance(arg, torch.Tensor) and value % 16 == 0)
@@ -184,16 +192,19 @@ def _register(launch, flags: int, numel: int, dtype: torch.dtype) -> bool | None
     _registered.add(key)  # also when not registrable: do not look again on every call
     compiled = launch.compiled
     types = argument_types(launch.kernel, compiled, len(launch.args))
-    if types is None or not _plain(compiled) or not hasattr(compiled, "function"):
-        return False
+    if types is None or not hasattr(compiled, "function"):
+        return f"{launch.kernel.__name__}'s compiled signature is not one it reads"
+    if not _plain(compiled):
+        return f"{launch.kernel.__name__} needs a launch it does not make (clusters, PDL, scratch memory)"
     ints = [arg if type(arg) is int else 0 for arg in launch.args]
     try:
-        return bool(torch.ops.hf_kgelu_native.register_kernel(
+        registered = torch.ops.hf_kgelu_native.register_kernel(
             *key, compiled.function, launch.grid[0], launch.grid[1], 32 * launch.num_warps, compiled.metadata.shared,
             types, ints,
-        ))
-    except (RuntimeError, AttributeError, TypeError, ValueError):
-        return False
+        )
+    except (RuntimeError, AttributeError, TypeError, ValueError) as error:
+        return f"registering {launch.kernel.__name__} failed ({type(error).__name__}: {error})"
+    return True if registered else f"the driver reports {launch.kernel.__name__}'s parameters unlike the {types!r} it passes"
 
 
 def _site_case(x: torch.Tensor, theta: torch.Tensor, tau: float | None) -> bool:
@@ -208,11 +219,11 @@ def adopt_forward(record: list, x: torch.Tensor, theta: torch.Tensor, tau: float
     if not load() or not _site_case(x, theta, tau) or len(record) != 1:
         return
     registered = _register(record[0], 0, x.numel(), x.dtype)
-    if registered is False:
-        disable("the compiled forward kernel's parameters are not the ones it passes (a Triton upgrade?)")
+    if isinstance(registered, str):
+        disable(registered + " (a Triton upgrade?)")
     elif registered:
         mine = torch.ops.hf_kgelu_native.check_forward(x, theta, tau)
-        if mine is None or not torch.equal(mine, y):
+        if mine is None or not _same_bits(mine, y):
             disable(f"its forward launch differs from Triton's on a {tuple(x.shape)} {x.dtype} input (a Triton upgrade?)")
 
 
@@ -225,13 +236,14 @@ def adopt_backward(record: list, g, x, theta, tau, need_x: bool, need_theta: boo
     results = [_register(record[0], flags, x.numel(), x.dtype)]
     if need_theta and len(record) > 1:  # the partial-sum kernel is the same whatever the need flags
         results.append(_register(record[1], 0, x.numel(), x.dtype))
-    if False in results:
-        disable("a compiled backward kernel's parameters are not the ones it passes (a Triton upgrade?)")
+    refused = [result for result in results if isinstance(result, str)]
+    if refused:
+        disable(refused[0] + " (a Triton upgrade?)")
         return
     if not any(results):
         return
     mine = torch.ops.hf_kgelu_native.check_backward(g, x, theta, tau, need_x, need_theta)
-    same = len(mine) == 2 and (not need_x or torch.equal(mine[0], dx)) and (not need_theta or torch.equal(mine[1], dtheta))
+    same = len(mine) == 2 and (not need_x or _same_bits(mine[0], dx)) and (not need_theta or _same_bits(mine[1], dtheta))
     if not same:
         disable(f"its backward launches differ from Triton's on a {tuple(x.shape)} {x.dtype} input (a Triton upgrade?)")
 
