@@ -30,7 +30,7 @@ for step in $steps; do
     continue
   fi
   case $step in
-    tests) timeout "${TESTS_S:-420}" $py -m pytest -q -p no:cacheprovider -rfE tests/test_kernel_gpu.py tests/test_site_launcher.py tests/test_op_fuzz.py tests/test_functional.py tests/test_cpu_kernel.py ;;
+    tests) timeout "${TESTS_S:-420}" $py -m pytest -q -p no:cacheprovider -rfE ${TEST_FILES:-tests/test_kernel_gpu.py tests/test_site_launcher.py tests/test_op_fuzz.py tests/test_functional.py tests/test_cpu_kernel.py} ;;
     kernel) timeout "${KERNEL_S:-300}" $py -m benchmarks.kernel --rows "${KERNEL_ROWS:-256,2048,8192,32768}" --parts "${KERNEL_PARTS:-table,host}" ;;
     sweep) timeout "${SWEEP_S:-200}" $py -m benchmarks.kernel --parts sweep ;;
     train) timeout "${TRAIN_S:-300}" $py -m benchmarks.train_step --models "${TRAIN_MODELS:-gpt2,bert,deit}" --steps "${TRAIN_STEPS:-60}" --variants "${TRAIN_VARIANTS:-gelu,kgelu,kgelu-op}" ;;

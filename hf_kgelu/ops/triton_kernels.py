@@ -143,7 +143,7 @@ def _hardness(p, inv_tau, THETA: tl.constexpr):
     """λ from the stored parameter: 1 + softplus(p·(1/τ)) computed as torch does, or p itself, where a
     value below 1 (no hardness) becomes NaN so the output shows it (once per program, not per element)."""
     if THETA:
-        s = p * inv_tau
+        s = p * inv_tau.to(tl.float32)  # (a float32 scalar in eager launches; Inductor may pass a float64)
         p = 1.0 + tl.where(s > _SOFTPLUS_THRESHOLD, s, libdevice.log1p(libdevice.exp(s)))
     else:
         p = tl.where(p >= 1.0, p, float("nan"))
@@ -154,6 +154,7 @@ def _hardness(p, inv_tau, THETA: tl.constexpr):
 def _hardness_grad(dlam, p, inv_tau, THETA: tl.constexpr):
     """dθ from dλ through λ = 1 + softplus(θ/τ), in torch's order of operations."""
     if THETA:
+        inv_tau = inv_tau.to(tl.float32)
         s = p * inv_tau
         e = libdevice.exp(s)
         dlam = tl.where(s > _SOFTPLUS_THRESHOLD, dlam, dlam * e / (e + 1.0)) * inv_tau

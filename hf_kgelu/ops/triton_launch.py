@@ -119,13 +119,15 @@ class Launch:
 
 
 def _launch(kernel, grid: tuple, args: tuple, constexprs: tuple, num_warps: int, record: list | None) -> None:
-    """`kernel[grid](*args, *constexprs, num_warps=num_warps)` through `torch.library.wrap_triton`
-    (Triton's public launch, which torch.compile can trace), on the tensors' device."""
+    """`kernel[grid](*args, *constexprs, num_warps=num_warps)`, Triton's public launch, on the
+    tensors' device: directly for plain tensors in eager mode, through `torch.library.wrap_triton`
+    when traced (torch.compile, export, fake tensors), which records it for the graph instead."""
     named = dict(zip(kernel.arg_names[len(args) :], constexprs))
+    eager = type(args[0]) is torch.Tensor and not torch.compiler.is_compiling()
     device = args[0].get_device()  # Triton launches on the current device
-    guard = torch.cuda.device(device) if device >= 0 and device != torch._C._cuda_getDevice() else contextlib.nullcontext()
+    guard = torch.cuda.device(device) if eager and device != torch._C._cuda_getDevice() else contextlib.nullcontext()
     with guard:
-        compiled = wrap_triton(kernel)[grid](*args, **named, num_warps=num_warps)
+        compiled = (kernel if eager else wrap_triton(kernel))[grid](*args, **named, num_warps=num_warps)
     if record is not None:
         record.append(Launch(kernel, compiled, args, grid, num_warps))
 
