@@ -91,7 +91,11 @@ def kgelu_theta(x: torch.Tensor, theta: torch.Tensor, tau: float) -> torch.Tenso
 
     On CUDA in eager mode a site with one θ on a contiguous input goes through the C++ site path
     (one call, no Python in its forward or backward) once the op has launched its shape."""
-    if x.is_cuda and not torch.compiler.is_compiling() and path(x, theta, site=True) == "native":
+    if torch.compiler.is_compiling():
+        # traced: λ from torch ops (Inductor fuses them), then the op, as in eager but for λ inside the kernel
+        _check_shape(x, theta, "θ")
+        return torch.ops.hf_kgelu.kgelu(x, lambda_from_theta(theta, tau), None)
+    if x.is_cuda and path(x, theta, site=True) == "native":
         y = native.site_forward(x, theta, tau)  # None: a shape the op has not launched yet
         if y is not None:
             return y
