@@ -24,6 +24,7 @@ import os
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_callback import ExportableState, TrainerState
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..modeling.sites import find_sites, trained_sites
@@ -49,6 +50,23 @@ def _keep_ddp_working_when_theta_freezes(model, args: KGeluTrainingArguments) ->
     if checkpointing:
         args.ddp_find_unused_parameters = True
         logger.info("ddp_find_unused_parameters=True: θ freezes at the anneal start and DDP must not wait for its gradient")
+
+
+def _check_trainer_state(checkpoint) -> None:
+    """Refuse, in one line naming the file, a checkpoint whose trainer_state.json cannot be read (a save cut
+    short, an edit): the stock Trainer fails deep inside with a bare JSONDecodeError or TypeError."""
+    path = os.path.join(os.fspath(checkpoint), "trainer_state.json")
+    if not os.path.isfile(path):
+        return  # the stock Trainer's own message (no such checkpoint), or a weights-only resume
+    try:
+        TrainerState.load_from_json(path)
+    except (ValueError, TypeError, UnicodeDecodeError) as error:
+        reason = " ".join(str(error).split())[:200]
+        raise ValueError(
+            f"cannot resume from {checkpoint}: {path} is damaged ({type(error).__name__}: {reason}); the save was cut "
+            "short, the file edited, or another transformers version wrote it. Resume from an earlier checkpoint-N folder, or move this one away so that "
+            "resume_from_checkpoint=True picks the newest complete one"
+        ) from error
 
 
 class KGeluTrainer(Trainer):
@@ -152,8 +170,20 @@ class KGeluTrainer(Trainer):
         if isinstance(path, bool):
             path = get_last_checkpoint(self.args.output_dir) if path else None
         self._kgelu_resume_dir = os.fspath(path) if path is not None else None
+        if path is not None:
+            _check_trainer_state(path)
         self._wire_callbacks()
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, *args, **kwargs):
+        # The stock method updates `state.stateful_callbacks[name]` for every ExportableState callback, but a
+        # resumed state holds only the names its trainer_state.json stored: a callback missing there (an older
+        # checkpoint, a callback added on resume) would end the run with KeyError at the first save.
+        stored = self.state.stateful_callbacks
+        for callback in self.callback_handler.callbacks + [self.control]:
+            if isinstance(callback, ExportableState):
+                stored.setdefault(type(callback).__name__, callback.state())
+        return super()._save_checkpoint(*args, **kwargs)
 
     def _load_callback_state(self) -> None:
         super()._load_callback_state()
