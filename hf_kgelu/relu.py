@@ -23,7 +23,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 
 from .hardness import BOUNDS, target_lambda, tolerance_at
 from .metrics import evaluate_model, infer_task, metric_of
-from .modeling.config import GELU_NAMES, KGELU_NAME, RELU_NAME, activation_config_keys
+from .modeling.config import GELU_NAMES, KGELU_INFO_KEYS, KGELU_NAME, RELU_NAME, activation_config_keys
 from .modeling.convert import gelu_module_classes
 from .modeling.module import KGELU
 
@@ -129,7 +129,8 @@ def _rewrite_config(config: PreTrainedConfig, names: tuple[str, ...]) -> tuple[d
             changes[prefix + key] = getattr(sub, key)
             setattr(sub, key, RELU_NAME)
         for key in [k for k in vars(sub) if k.startswith(KGELU_CONFIG_PREFIX)]:
-            removed[prefix + key] = getattr(sub, key)
+            if key not in KGELU_INFO_KEYS:  # settings, for the card; not the loading note
+                removed[prefix + key] = getattr(sub, key)
             delattr(sub, key)
     return changes, removed
 

@@ -31,7 +31,7 @@ from ..hardness import (
     init_lambdas,
     theta_from_lambda,
 )
-from .config import KGELU_NAME, check_kgelu_settings, setting
+from .config import KGELU_NAME, KGELU_REQUIRES, check_kgelu_settings, setting
 from .module import KGELU
 from .sites import find_sites, infer_num_channels
 
@@ -57,6 +57,7 @@ def configure_sites(model: nn.Module) -> None:
     if not sites or config is None:
         return
     check_kgelu_settings(config)  # at build and at from_pretrained: a bad value refuses, never builds NaN sites
+    config.kgelu_requires = KGELU_REQUIRES  # config.json tells a reader without hf-kgelu what to do
     tau = setting(config, "kgelu_tau", None)
     per_channel = setting(config, "kgelu_per_channel", False)
     targets = init_lambdas(

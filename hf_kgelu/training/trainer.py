@@ -30,6 +30,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..modeling.sites import find_sites, trained_sites
 from .annealing import KGeluHardnessCallback
 from .arguments import KGeluTrainingArguments
+from .card import CARD_TAGS, add_loading_section, write_checkpoint_card
 from .distributed import KGeluDistributedCallback
 from .preparation import prepare_hardness, require_trained_sites
 from .tracking import HardnessLog, KGeluHistoryCallback
@@ -203,6 +204,24 @@ class KGeluTrainer(Trainer):
                     callbacks.remove(annealing)  # the schedule must act before the history records it
                     callbacks.insert(index, annealing)
                 break
+
+    # ---- saving: a λ-GELU folder says how to load it
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The stock save, plus a README.md saying what to install and import (unless the folder has one)."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            write_checkpoint_card(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """The stock draft card (push_to_hub writes it over README.md), tagged kgelu, with the loading section."""
+        if len(args) < 3:  # tags is the third parameter
+            tags = kwargs.get("tags") or []
+            tags = [tags] if isinstance(tags, str) else list(tags)
+            kwargs["tags"] = tags + [tag for tag in CARD_TAGS if tag not in tags]
+        super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            usage_id = self.args.hub_model_id or self.args.output_dir
+            add_loading_section(self.accelerator.unwrap_model(self.model), os.path.join(self.args.output_dir, "README.md"), usage_id)
 
     # ---- data-aware targets
     def _kgelu_data_forward(self, model: nn.Module) -> None:
