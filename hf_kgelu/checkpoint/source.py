@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..publishing.folder import PROCESSOR_FILES
+from ..publishing.folder import PROCESSOR_FILES, interrupted_copy
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ def _check_source(checkpoint: str) -> Path | None:
         return path.absolute()
     if path.exists():
         raise FileNotFoundError(f"{path} is a file, not a checkpoint folder: point at the folder holding config.json")
+    hidden = interrupted_copy(path)
+    if hidden is not None:
+        raise FileNotFoundError(f"no such folder: {path.absolute()}, but a save killed while replacing it left the previous "
+                                f"one in {hidden}: rerun the command that wrote it (it restores it first), or move it back")
     if not _HUB_ID.match(checkpoint):
         raise FileNotFoundError(f"no such folder: {path}")
     return None  # maybe a Hub id
