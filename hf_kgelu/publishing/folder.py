@@ -39,9 +39,12 @@ SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "con
 _STAGING, _RETIRED = "tmp", "old"
 
 
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse an existing non-empty folder (or a file) unless `overwrite`; returns the absolute path."""
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False, source: str | os.PathLike | None = None) -> Path:
+    """Refuse an existing non-empty folder (or a file) unless `overwrite`, and the `source` checkpoint folder
+    itself; returns the absolute path."""
     output_dir = Path(output_dir).expanduser().absolute()
+    if source is not None and Path(source).expanduser().absolute() == output_dir:
+        raise ValueError(f"the output folder {output_dir} is the source checkpoint: write the ReLU model somewhere else")
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} exists and is not a folder: choose another output folder")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
@@ -193,10 +196,8 @@ def write_model_folder(
 
 
 def _write_model_folder(model, output_dir: Path, *, card, processor, source, extra_files, overwrite, check) -> Path:
-    output_dir = check_output_dir(output_dir, overwrite)
+    output_dir = check_output_dir(output_dir, overwrite, source)
     source = Path(source).expanduser().absolute() if source is not None else None
-    if source is not None and source == output_dir:
-        raise ValueError(f"the output folder {output_dir} is the source checkpoint: write the ReLU model somewhere else")
     staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.{_STAGING}-"))
     try:
         model.save_pretrained(staging)
