@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 
 from transformers import activations as hf_activations
@@ -18,6 +17,7 @@ from ..hardness import (
     INIT_MODES,
     check_tau,
     init_lambdas,
+    is_finite_number,
 )
 
 logger = logging.getLogger(__name__)
@@ -55,12 +55,8 @@ def setting(config, name, default):
     return default if value is None else value
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _is_lambda(value) -> bool:
-    return _is_number(value) and value >= 1
+    return is_finite_number(value) and value >= 1
 
 
 def _is_lambda_range(value) -> bool:
@@ -70,7 +66,7 @@ def _is_lambda_range(value) -> bool:
 
 # The kgelu_* config attributes: (is the value allowed, what is allowed, the default). None means unset.
 KGELU_SETTINGS = {
-    "kgelu_tau": (lambda v: _is_number(v) and v > 0,
+    "kgelu_tau": (lambda v: is_finite_number(v) and v > 0,
                   "a finite number > 0 (the temperature τ of λ = 1 + softplus(θ/τ))", DEFAULT_TAU),
     "kgelu_init": (lambda v: v in INIT_MODES, f"one of {', '.join(map(repr, INIT_MODES))}", "uniform"),
     "kgelu_lambda_init": (_is_lambda, "a finite number ≥ 1 (λ = 1 is GELU)", DEFAULT_LAMBDA_INIT),
