@@ -244,7 +244,7 @@ def _swap_for_relu(model: nn.Module, *, inplace: bool, include_gelu: bool, merge
     targets = _swap_targets(model, include_gelu)
     if not targets:
         hint = (
-            "pass include_gelu=True to swap its GELUs directly (the paper's baseline)"
+            "pass include_gelu=True (hf-kgelu relu-ize --include-gelu) to swap its GELUs directly (the paper's baseline)"
             if _swap_targets(model, include_gelu=True)
             else 'build it with hidden_act="kgelu" (GPT-2: activation_function="kgelu") or convert it with hf_kgelu.convert_to_kgelu'
         )

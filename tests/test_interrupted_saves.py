@@ -129,7 +129,7 @@ KILLS = {
     "after_exchange": ("new", [".relu.tmp"], ["removed .relu.tmp-"]),
     # POSIX cannot rename over a non-empty folder: without RENAME_EXCHANGE the name is absent between the two
     # renames. The old folder is complete in .relu.old-*/relu; readers are told so, the next save restores it.
-    "between_renames": ("missing", [".relu.old", ".relu.tmp"], ["restored", "removed .relu.old-", "removed .relu.tmp-"]),
+    "between_renames": ("missing", [".relu.old", ".relu.tmp"], ["restored", "removed .relu.tmp-"]),
     "after_renames": ("new", [".relu.old"], ["removed .relu.old-"]),
 }
 

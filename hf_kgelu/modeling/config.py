@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 
 from transformers import activations as hf_activations
@@ -20,7 +19,6 @@ from ..hardness import (
     is_finite_number,
 )
 
-logger = logging.getLogger(__name__)
 
 KGELU_NAME = "kgelu"
 # Written into every config that builds λ-GELU sites, so that a reader of config.json who met
@@ -79,8 +77,8 @@ KGELU_INFO_KEYS = ("kgelu_requires",)
 
 def check_kgelu_settings(config) -> None:
     """Refuse a config whose kgelu_* attributes would build wrong sites (τ = NaN gives λ = NaN
-    everywhere, a string "false" turns per-channel on): one-line ValueError naming the attribute,
-    the value, what is allowed and the fix. Unknown kgelu_* attributes (typos) are warned about."""
+    everywhere, a string "false" turns per-channel on) or that names an unknown one (a typo would
+    be ignored): one-line ValueError naming the attribute, the value, what is allowed and the fix."""
     for name, (allowed, description, default) in KGELU_SETTINGS.items():
         value = getattr(config, name, None)
         if value is not None and not allowed(value):
@@ -89,9 +87,9 @@ def check_kgelu_settings(config) -> None:
                 f"config.json) or delete it for the default {json.dumps(default)}"
             )
     unknown = sorted(k for k in vars(config) if k.startswith("kgelu_") and k not in (*KGELU_SETTINGS, *KGELU_INFO_KEYS))
-    if unknown:
-        logger.warning("config attribute(s) %s are not kgelu settings and are ignored (known: %s)",
-                       ", ".join(unknown), ", ".join(KGELU_SETTINGS))
+    if unknown:  # a misspelt setting would be ignored without a word
+        raise ValueError(f"config.{unknown[0]} is not a kgelu setting (known: {', '.join(KGELU_SETTINGS)}): fix its name "
+                         "in the config (or config.json) or delete it")
 
 
 def kgelu_config(

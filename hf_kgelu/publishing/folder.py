@@ -102,6 +102,7 @@ def _recover(output_dir: Path) -> list[str]:
     retired = interrupted_copy(output_dir)
     if retired is not None:
         os.rename(retired, output_dir)
+        shutil.rmtree(retired.parent, ignore_errors=True)  # now empty
         done.append(f"restored {output_dir} from an interrupted replacement ({retired.parent.name})")
     for leftover in _hidden(output_dir, _RETIRED) + _hidden(output_dir, _STAGING):
         shutil.rmtree(leftover, ignore_errors=True)
