@@ -104,6 +104,7 @@ class Workspace:
         return self.edited(re.sub(r"\W", "_", f"config-{key}-{value!r}"), change)
 
     def file(self, name: str, text: str) -> Path:
+        (self.root / name).parent.mkdir(parents=True, exist_ok=True)
         (self.root / name).write_text(text)
         return self.root / name
 
@@ -118,9 +119,7 @@ class Workspace:
 
     @functools.cached_property
     def non_empty(self) -> Path:
-        (self.root / "non-empty").mkdir()
-        (self.root / "non-empty" / "keep.txt").write_text("precious")
-        return self.root / "non-empty"
+        return self.file("non-empty/keep.txt", "precious").parent
 
     @functools.cached_property
     def text(self) -> Path:
@@ -136,9 +135,7 @@ class Workspace:
 
     @functools.cached_property
     def not_dataset(self) -> Path:
-        (self.root / "not-dataset").mkdir()
-        (self.root / "not-dataset" / "rows.csv").write_text("a,b\n1,2\n")
-        return self.root / "not-dataset"
+        return self.file("not-dataset/rows.csv", "a,b\n1,2\n").parent
 
     @functools.cached_property
     def dataset_without_inputs(self) -> Path:
@@ -300,6 +297,28 @@ CONFIG_VALUES = [  # (attribute, bad value, words of the message)
 ]
 
 
+RELU_IZE_OPTIONS = [  # (option, bad value, words of the message besides the option's name)
+    ("--block-size", "0", "at least 1"),
+    ("--block-size", "-3", "got -3"),
+    ("--block-size", "abc", "not a whole number"),
+    ("--batch-size", "0", "at least 1"),
+    ("--batch-size", "-1", "got -1"),
+    ("--batch-size", "1.5", "not a whole number"),
+    ("--max-eval-blocks", "0", "at least 1"),
+    ("--task", "regression", "causal_lm"),
+]
+CONVERT_OPTIONS = [
+    ("--learning-rate", "0", "> 0"),
+    ("--tolerance", "-1", "> 0"),
+    ("--anneal-start", "1.5", "[0, 1)"),
+    ("--method", "foo", "readout_finetune"),
+    ("--calibration-batches", "0", "at least 1"),
+    ("--seed", "x", "'x'"),
+    ("--block-size", "0", "at least 1"),
+    ("--batch-size", "-2", "got -2"),
+]
+
+
 def _data(path, **settings):
     from hf_kgelu.data import LocalData
 
@@ -406,18 +425,8 @@ CASES: list[Case] = [
         "is the source checkpoint"),
     cli("CLI relu-ize", "--output-dir missing", "relu-ize {kgelu}", "required", "--output-dir"),
     cli("CLI relu-ize", "an unknown option", "relu-ize {kgelu} --output-dir {out} --fast", "unrecognized arguments", "--fast"),
-    cli("CLI relu-ize", "--block-size 0", "relu-ize {kgelu} --output-dir {out} --block-size 0", "--block-size", "at least 1"),
-    cli("CLI relu-ize", "--block-size -3", "relu-ize {kgelu} --output-dir {out} --block-size -3", "--block-size", "got -3"),
-    cli("CLI relu-ize", "--block-size abc", "relu-ize {kgelu} --output-dir {out} --block-size abc", "--block-size",
-        "not a whole number"),
-    cli("CLI relu-ize", "--batch-size 0", "relu-ize {kgelu} --output-dir {out} --batch-size 0", "--batch-size", "at least 1"),
-    cli("CLI relu-ize", "--batch-size -1", "relu-ize {kgelu} --output-dir {out} --batch-size -1", "--batch-size", "got -1"),
-    cli("CLI relu-ize", "--batch-size 1.5", "relu-ize {kgelu} --output-dir {out} --batch-size 1.5", "--batch-size",
-        "not a whole number"),
-    cli("CLI relu-ize", "--max-eval-blocks 0", "relu-ize {kgelu} --output-dir {out} --max-eval-blocks 0", "--max-eval-blocks",
-        "at least 1"),
-    cli("CLI relu-ize", "--task regression", "relu-ize {kgelu} --output-dir {out} --task regression", "invalid choice",
-        "causal_lm"),
+    *[cli("CLI relu-ize", f"{option} {value}", f"relu-ize {{kgelu}} --output-dir {{out}} {option} {value}", option, said)
+      for option, value, said in RELU_IZE_OPTIONS],
     cli("CLI relu-ize", "--push-to-hub without a namespace", "relu-ize {kgelu} --output-dir {out} --push-to-hub tiny",
         "NAMESPACE/NAME", "'tiny'"),
     cli("CLI relu-ize", "--plot naming a missing file", "relu-ize {kgelu} --output-dir {out} --plot {missing}",
@@ -471,18 +480,8 @@ CASES: list[Case] = [
         "convert {gelu} --budget 3 --data {text} --output-dir {gelu} --overwrite", "is the source checkpoint"),
     cli("CLI convert", "a non-empty --output-dir without --overwrite",
         "convert {gelu} --budget 3 --data {text} --output-dir {non_empty}", "is not empty", "--overwrite"),
-    cli("CLI convert", "--learning-rate 0", "convert {gelu} --budget 3 --data {text} --output-dir {out} --learning-rate 0",
-        "--learning-rate", "> 0"),
-    cli("CLI convert", "--tolerance -1", "convert {gelu} --budget 3 --data {text} --output-dir {out} --tolerance -1",
-        "--tolerance", "> 0"),
-    cli("CLI convert", "--anneal-start 1.5", "convert {gelu} --budget 3 --data {text} --output-dir {out} --anneal-start 1.5",
-        "--anneal-start", "[0, 1)"),
-    cli("CLI convert", "--method foo", "convert {gelu} --budget 3 --data {text} --output-dir {out} --method foo",
-        "invalid choice", "readout_finetune"),
-    cli("CLI convert", "--calibration-batches 0",
-        "convert {gelu} --budget 3 --data {text} --output-dir {out} --calibration-batches 0", "--calibration-batches",
-        "at least 1"),
-    cli("CLI convert", "--seed x", "convert {gelu} --budget 3 --data {text} --output-dir {out} --seed x", "--seed", "'x'"),
+    *[cli("CLI convert", f"{option} {value}", f"convert {{gelu}} --budget 3 --data {{text}} --output-dir {{out}} {option} {value}",
+          option, said) for option, value, said in CONVERT_OPTIONS],
     # ---- hf-kgelu plot, analyze, demo
     cli("CLI plot", "a run folder without a hardness history", "plot {missing}", "no hardness history", "KGeluTrainer"),
     cli("CLI plot", "a file that is not JSON", "plot {plain_file}", "notes.txt", "not a readable hardness history"),
