@@ -23,7 +23,13 @@ from transformers import PreTrainedConfig, PreTrainedModel
 
 from .hardness import BOUNDS, target_lambda, tolerance_at
 from .metrics import evaluate_model, infer_task, metric_of
-from .modeling.config import GELU_NAMES, KGELU_INFO_KEYS, KGELU_NAME, RELU_NAME, activation_config_keys
+from .modeling.config import (
+    GELU_NAMES,
+    KGELU_INFO_KEYS,
+    KGELU_NAME,
+    RELU_NAME,
+    activation_config_keys,
+)
 from .modeling.convert import gelu_module_classes
 from .modeling.module import KGELU
 

@@ -19,7 +19,6 @@ from ..hardness import (
     is_finite_number,
 )
 
-
 KGELU_NAME = "kgelu"
 # Written into every config that builds λ-GELU sites, so that a reader of config.json who met
 # transformers' bare `KeyError: 'kgelu'` finds the fix; `relu_ize` removes it with the other kgelu_* keys.

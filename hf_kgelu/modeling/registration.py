@@ -11,7 +11,7 @@ Importing `hf_kgelu` calls `register_kgelu()`, which
   a "kgelu" config gets θ at its intended value instead of uninitialised memory, and a loaded θ
   is never overwritten;
 - wraps `PreTrainedModel.from_pretrained` to warn, naming the sites, when a checkpoint's θ is NaN
-  or infinite (a diverged run): those activations output NaN.
+  or infinite (a diverged run): λ is undefined there.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def configure_sites(model: nn.Module) -> None:
 
 
 def warn_non_finite_theta(model: nn.Module, source=None) -> list[str]:
-    """Warn (and return the names) when a site's θ is NaN or infinite: its activation outputs NaN."""
+    """Warn about (and return the names of) the sites whose θ is NaN or infinite: λ is undefined there."""
     bad = [name for name, site in find_sites(model) if not site.theta.is_meta and not bool(torch.isfinite(site.theta).all())]
     if bad:
         shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")

@@ -11,7 +11,9 @@ whose activations are λ-GELU (`hidden_act="kgelu"`, or a GELU model passed thro
 - adds the callbacks: the λ schedule (`KGeluHardnessCallback`: learn θ until the switch, then
   freeze it and anneal λ to λ*), the trajectory file (`KGeluHistoryCallback`) and the
   multi-process checks (`KGeluDistributedCallback`); the `kgelu/*` values join every training log;
-- resumes exactly: the schedule's state lives in every checkpoint's `trainer_state.json`.
+- resumes exactly: the schedule's state lives in every checkpoint's `trainer_state.json` (a damaged
+  one is refused in one line naming it);
+- writes a README.md beside a saved model saying what to install and import to load it.
 """
 
 from __future__ import annotations
@@ -61,12 +63,12 @@ def _check_trainer_state(checkpoint) -> None:
         return  # the stock Trainer's own message (no such checkpoint), or a weights-only resume
     try:
         TrainerState.load_from_json(path)
-    except (ValueError, TypeError, UnicodeDecodeError) as error:
+    except (ValueError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         reason = " ".join(str(error).split())[:200]
         raise ValueError(
             f"cannot resume from {checkpoint}: {path} is damaged ({type(error).__name__}: {reason}); the save was cut "
-            "short, the file edited, or another transformers version wrote it. Resume from an earlier checkpoint-N folder, or move this one away so that "
-            "resume_from_checkpoint=True picks the newest complete one"
+            "short, the file edited, or another transformers version wrote it. Resume from an earlier checkpoint-N "
+            "folder, or move this one away so that resume_from_checkpoint=True picks the newest complete one"
         ) from error
 
 
@@ -177,9 +179,9 @@ class KGeluTrainer(Trainer):
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, *args, **kwargs):
-        # The stock method updates `state.stateful_callbacks[name]` for every ExportableState callback, but a
-        # resumed state holds only the names its trainer_state.json stored: a callback missing there (an older
-        # checkpoint, a callback added on resume) would end the run with KeyError at the first save.
+        # The stock method indexes `state.stateful_callbacks[name]` for every ExportableState callback, but a
+        # resumed state holds only the names its trainer_state.json stored: a callback missing there (a file
+        # written without it, a callback added on resume) would end the run with KeyError at the first save.
         stored = self.state.stateful_callbacks
         for callback in self.callback_handler.callbacks + [self.control]:
             if isinstance(callback, ExportableState):
@@ -220,8 +222,8 @@ class KGeluTrainer(Trainer):
             kwargs["tags"] = tags + [tag for tag in CARD_TAGS if tag not in tags]
         super().create_model_card(*args, **kwargs)
         if self.is_world_process_zero():
-            usage_id = self.args.hub_model_id or self.args.output_dir
-            add_loading_section(self.accelerator.unwrap_model(self.model), os.path.join(self.args.output_dir, "README.md"), usage_id)
+            card = os.path.join(self.args.output_dir, "README.md")
+            add_loading_section(self.accelerator.unwrap_model(self.model), card, self.args.hub_model_id or self.args.output_dir)
 
     # ---- data-aware targets
     def _kgelu_data_forward(self, model: nn.Module) -> None:
