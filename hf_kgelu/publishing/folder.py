@@ -67,10 +67,11 @@ def _save_lock(output_dir: Path) -> Iterator[None]:
     except ImportError:  # not POSIX: no lock
         yield
         return
-    if not output_dir.parent.is_dir():
-        yield  # nothing there yet to clean up or to race for
+    try:
+        fd = os.open(output_dir.parent, os.O_RDONLY)
+    except OSError:  # no such parent yet (nothing to clean up or race for), or not readable: no lock
+        yield
         return
-    fd = os.open(output_dir.parent, os.O_RDONLY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
