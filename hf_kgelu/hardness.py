@@ -18,14 +18,19 @@ ACT_SUP_CONSTANT = 0.169971
 GATE_L1_CONSTANT = math.sqrt(2.0 / math.pi)
 
 
+def is_finite_number(value) -> bool:
+    """A finite int or float (a bool is not a number here: `True` as τ is a mistake)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_tau(tau: float) -> float:
-    if not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
+    if not is_finite_number(tau) or tau <= 0:
         raise ValueError(f"τ (tau) must be a finite number > 0, got {tau!r}")
     return float(tau)
 
 
 def check_lambda(value: float, what: str = "λ") -> float:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
+    if not is_finite_number(value) or value < 1:
         raise ValueError(f"{what} must be a finite number ≥ 1 (λ = 1 is GELU, λ → ∞ is ReLU), got {value!r}")
     return float(value)
 

@@ -13,6 +13,7 @@ changed.
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,13 +21,24 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from .hardness import BOUNDS, tolerance_at
+from .hardness import BOUNDS, target_lambda, tolerance_at
 from .metrics import evaluate_model, infer_task, metric_of
-from .modeling.config import GELU_NAMES, KGELU_NAME, RELU_NAME, activation_config_keys
+from .modeling.config import (
+    GELU_NAMES,
+    KGELU_INFO_KEYS,
+    KGELU_NAME,
+    RELU_NAME,
+    activation_config_keys,
+)
 from .modeling.convert import gelu_module_classes
 from .modeling.module import KGELU
 
+logger = logging.getLogger(__name__)
+
 KGELU_CONFIG_PREFIX = "kgelu_"
+# relu_ize warns when a λ-GELU site guarantees a looser gate-L1 tolerance than this: λ < √(2/π)/0.05 ≈ 16
+# (annealing targets λ* ≈ 160 for ε = 0.005).
+FAR_FROM_RELU_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -123,7 +135,8 @@ def _rewrite_config(config: PreTrainedConfig, names: tuple[str, ...]) -> tuple[d
             changes[prefix + key] = getattr(sub, key)
             setattr(sub, key, RELU_NAME)
         for key in [k for k in vars(sub) if k.startswith(KGELU_CONFIG_PREFIX)]:
-            removed[prefix + key] = getattr(sub, key)
+            if key not in KGELU_INFO_KEYS:  # settings, for the card; not the loading note
+                removed[prefix + key] = getattr(sub, key)
             delattr(sub, key)
     return changes, removed
 
@@ -172,6 +185,27 @@ def _forget_theta_fp32(model: nn.Module, swapped_names: set[str]) -> None:
             sub._keep_in_fp32_modules_strict = remaining or type(sub)._keep_in_fp32_modules_strict
 
 
+def warn_far_from_relu(report: ReluReport) -> list[SwappedSite]:
+    """Warn, once for all of them, about the λ-GELU sites whose smallest λ is far below a ReLU-like
+    hardness (gate-L1 ε > FAR_FROM_RELU_TOLERANCE): swapping them changes the function a lot. Plain
+    GELUs (include_gelu) are a deliberate direct swap and are not warned about. Returns the sites."""
+    far = [site for site in report.sites
+           if site.activation == KGELU_NAME and site.tolerance["gate_l1"] > FAR_FROM_RELU_TOLERANCE]
+    if far:
+        worst = min(far, key=lambda site: site.lam_min)
+        named = ", ".join(f"{site.name} (λ {'≥' if site.num_channels else '='} {site.lam_min:.4g})" for site in far[:4])
+        more = f" and {len(far) - 4} more" if len(far) > 4 else ""
+        logger.warning(
+            "relu_ize: λ-GELU site(s) %s%s are far from ReLU: the smallest λ, %.4g, guarantees only ε = %.3g under the "
+            "gate-L1 bound √(2/π)/λ (activation sup %.3g), looser than %g (λ < %.3g), so the ReLU model can behave "
+            "quite unlike the λ-GELU one. Anneal λ toward λ* first (KGeluTrainer with kgelu_anneal_start), or, for a "
+            "deliberate direct swap, relu_ize the GELU model with include_gelu=True",
+            named, more, worst.lam_min, worst.tolerance["gate_l1"], worst.tolerance["act_sup"],
+            FAR_FROM_RELU_TOLERANCE, target_lambda(FAR_FROM_RELU_TOLERANCE),
+        )
+    return far
+
+
 def relu_ize(
     model: nn.Module, *, inplace: bool = False, include_gelu: bool = False, merge_peft: bool = False
 ) -> tuple[nn.Module, ReluReport]:
@@ -182,8 +216,16 @@ def relu_ize(
     "relu" and the `kgelu_*` settings are removed, so `save_pretrained` gives a checkpoint that
     stock transformers loads without this package. θ leaves the state dict with its module.
     Raises ValueError, changing nothing, when the model has no site, is PEFT-wrapped (unless
-    `merge_peft`), or holds activations that its config cannot describe.
+    `merge_peft`), or holds activations that its config cannot describe. Warns when a λ-GELU site
+    is far from ReLU (`warn_far_from_relu`).
     """
+    relu_model, report = _swap_for_relu(model, inplace=inplace, include_gelu=include_gelu, merge_peft=merge_peft)
+    warn_far_from_relu(report)
+    return relu_model, report
+
+
+def _swap_for_relu(model: nn.Module, *, inplace: bool, include_gelu: bool, merge_peft: bool = False):
+    """`relu_ize` without the warning (`substitution_report` measures what the swap costs instead)."""
     merged = False
     if _is_peft_wrapper(model):
         if not merge_peft:
@@ -208,7 +250,7 @@ def relu_ize(
     targets = _swap_targets(model, include_gelu)
     if not targets:
         hint = (
-            "pass include_gelu=True to swap its GELUs directly (the paper's baseline)"
+            "pass include_gelu=True (hf-kgelu relu-ize --include-gelu) to swap its GELUs directly (the paper's baseline)"
             if _swap_targets(model, include_gelu=True)
             else 'build it with hidden_act="kgelu" (GPT-2: activation_function="kgelu") or convert it with hf_kgelu.convert_to_kgelu'
         )
@@ -308,12 +350,12 @@ def substitution_report(
     task = task or infer_task(model)
     metric, higher_is_better = metric_of(task)
     details = {"kgelu_before": evaluate_model(copy.deepcopy(model), eval_data, task, batch_size)}
-    relu_model, relu_report = relu_ize(model, inplace=False, include_gelu=include_gelu)
+    relu_model, relu_report = _swap_for_relu(model, inplace=False, include_gelu=include_gelu)
     details["kgelu_after"] = evaluate_model(relu_model, eval_data, task, batch_size)
     del relu_model
     if gelu_baseline is not None:
         details["gelu_before"] = evaluate_model(copy.deepcopy(gelu_baseline), eval_data, task, batch_size)
-        gelu_relu, _ = relu_ize(gelu_baseline, inplace=False, include_gelu=True)
+        gelu_relu, _ = _swap_for_relu(gelu_baseline, inplace=False, include_gelu=True)
         details["gelu_after"] = evaluate_model(gelu_relu, eval_data, task, batch_size)
         del gelu_relu
     value = {key: result[metric] for key, result in details.items()}

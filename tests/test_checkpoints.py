@@ -1,15 +1,17 @@
 """Loading GELU checkpoints into kgelu configs, exact save/load of θ, and a real pretrained BERT."""
 
+import json
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from tiny_models import ARCHS, MODEL_CLASSES, tiny_inputs, tiny_model
 from transformers import AutoModel
 
-from hf_kgelu import hardness_profile, kgelu_config
+from hf_kgelu import hardness_profile, kgelu_config, relu_ize
 from hf_kgelu.hardness import theta_from_lambda
 from hf_kgelu.modeling import find_sites
 
@@ -93,18 +95,47 @@ def test_bert_per_channel_uses_each_sites_own_width():
 
 
 def test_loading_without_import_gives_documented_keyerror(tmp_path):
-    tiny_model("gpt2").save_pretrained(tmp_path)
+    """Without `import hf_kgelu` transformers stops with its bare KeyError (nothing outside its code can
+    hook a process that never imported us); the folder says what to do, and doing it works."""
+    from hf_kgelu.training import KGeluTrainer, KGeluTrainingArguments
+
+    model = tiny_model("gpt2")
+    args = KGeluTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none", use_cpu=True)
+    KGeluTrainer(model=model, args=args).save_model(str(tmp_path / "saved"))  # as a training run saves it
+    folder = tmp_path / "saved"
+    requires = json.loads((folder / "config.json").read_text())["kgelu_requires"]
+    card = (folder / "README.md").read_text()
+    assert "pip install hf-kgelu" in requires and "import hf_kgelu before from_pretrained" in requires
+    assert "relu-ize" in requires and "KeyError: 'kgelu'" in card and "import hf_kgelu" in card
+    assert f'GPT2LMHeadModel.from_pretrained("{folder}")' in card and "kgelu" in card.split("---")[1]  # a Hub tag
     code = textwrap.dedent(
         f"""
+        import sys
         from transformers import AutoModelForCausalLM
+        if sys.argv[1] == "follow":  # what kgelu_requires and the card say
+            import hf_kgelu
         try:
-            AutoModelForCausalLM.from_pretrained({str(tmp_path)!r})
+            model = AutoModelForCausalLM.from_pretrained({str(folder)!r})
+            print("loaded", sum(type(m).__name__ == "KGELU" for m in model.modules()))
         except KeyError as err:
             print("KeyError", err)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert "KeyError 'kgelu'" in out.stdout, out.stdout + out.stderr
+    for how, expected in (("bare", "KeyError 'kgelu'"), ("follow", "loaded 2")):
+        out = subprocess.run([sys.executable, "-c", code, how], check=False, capture_output=True, text=True,
+                             timeout=120)
+        assert expected in out.stdout, out.stdout + out.stderr
+
+    (folder / "README.md").write_text("my own card")  # a user's README is never overwritten
+    KGeluTrainer(model=model, args=args).save_model(str(folder))
+    assert (folder / "README.md").read_text() == "my own card"
+    relu_model, report = relu_ize(model)
+    assert not [key for key in vars(relu_model.config) if key.startswith("kgelu_")] and report.kgelu_settings == {}
+
+    # push_to_hub writes transformers' draft card over README.md: it keeps the tags and the loading section
+    KGeluTrainer(model=model, args=args).create_model_card(model_name="tiny", tags="mine")
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert {"mine", "kgelu", "lambda-gelu"} <= set(ModelCard(card).data.tags) and "import hf_kgelu" in card
 
 
 def test_pretrained_minilm_keeps_its_embeddings(tmp_path):

@@ -82,7 +82,7 @@ def convert_checkpoint(
 
     `data` and `evaluation` are files on disk (`LocalData`, read with the checkpoint's tokenizer) or
     datasets already prepared (rows of model inputs, batched by `data_collator`)."""
-    output_dir = check_output_dir(output_dir, overwrite)  # fail before training, not after
+    output_dir = check_output_dir(output_dir, overwrite, None if isinstance(checkpoint, Checkpoint) else checkpoint)  # fail before training
     recover_interrupted_save(output_dir)
     source = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     task = config.task or task_of(source.model)

@@ -15,7 +15,7 @@ from ..publishing.folder import check_output_dir, recover_interrupted_save
 from ..relu import relu_ize, substitution_report
 from ..training.history import HISTORY_FILENAME
 from .publish import HubTarget, Published, publish
-from .source import load_checkpoint
+from .source import check_source, load_checkpoint
 
 
 def max_positions(model) -> int | None:
@@ -51,7 +51,17 @@ def relu_ize_checkpoint(
     site for ReLU (`relu_ize`), measure the metric before and after on `evaluation` (with the GELU
     baseline's direct swap beside it), then write and push the folder (`publish`). The card reads the
     run's `hardness_history.json` and λ plot beside the checkpoint when they exist."""
-    output_dir = check_output_dir(output_dir, overwrite)  # fail before the slow part
+    output_dir = check_output_dir(output_dir, overwrite, checkpoint)  # fail before the slow part
+    if plot_file is not None and not Path(plot_file).is_file():
+        raise FileNotFoundError(f"no such plot file: {plot_file} (leave --plot out to use the run's own λ plot)")
+    if gelu_baseline is not None:
+        if evaluation is None:
+            raise ValueError("a GELU baseline is measured on the evaluation data: give --eval-data (evaluation=) "
+                             "with --gelu-baseline, or leave the baseline out")
+        try:
+            check_source(gelu_baseline)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"the GELU baseline: {error}") from None
     recover_interrupted_save(output_dir)
     source = load_checkpoint(checkpoint)
     relu_model, report = relu_ize(source.model, include_gelu=include_gelu)

@@ -9,9 +9,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import SafetensorError
 from torch import nn
 
-from ..publishing.folder import PROCESSOR_FILES
+from ..publishing.folder import PROCESSOR_FILES, interrupted_copy
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,10 @@ class Checkpoint:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def _check_source(checkpoint: str) -> Path | None:
+def check_source(checkpoint: str | os.PathLike) -> Path | None:
+    """The absolute local folder of a checkpoint, or None for what may be a Hub id; a one-line
+    FileNotFoundError for a missing folder, a file, or a folder without config.json."""
+    checkpoint = os.fspath(checkpoint)
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -43,8 +47,12 @@ def _check_source(checkpoint: str) -> Path | None:
         return path.absolute()
     if path.exists():
         raise FileNotFoundError(f"{path} is a file, not a checkpoint folder: point at the folder holding config.json")
+    hidden = interrupted_copy(path)
+    if hidden is not None:
+        raise FileNotFoundError(f"no such folder: {path.absolute()}, but a save killed while replacing it left the previous "
+                                f"one in {hidden}: rerun the command that wrote it (it restores it first), or move it back")
     if not _HUB_ID.match(checkpoint):
-        raise FileNotFoundError(f"no such folder: {path}")
+        raise FileNotFoundError(f"no such folder: {path.absolute()}")
     return None  # maybe a Hub id
 
 
@@ -93,7 +101,7 @@ def load_checkpoint(checkpoint: str | os.PathLike, *, dtype=None) -> Checkpoint:
     from transformers import AutoConfig
 
     name = os.fspath(checkpoint)
-    folder = _check_source(name)
+    folder = check_source(name)
     try:
         config = AutoConfig.from_pretrained(name)
     except OSError as error:
@@ -103,5 +111,9 @@ def load_checkpoint(checkpoint: str | os.PathLike, *, dtype=None) -> Checkpoint:
         raise FileNotFoundError(f"no such folder: {Path(name).absolute()} (nor a Hub model that could be loaded: {reason})") from None
     cls = model_class(config)
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = cls.from_pretrained(name, config=config, **kwargs).eval()
+    try:
+        model = cls.from_pretrained(name, config=config, **kwargs).eval()
+    except SafetensorError as error:  # not an OSError or ValueError: would escape as a traceback
+        raise ValueError(f"cannot read the weights of {name} ({error}): a damaged or partly written .safetensors "
+                         "file? Save the model again, or use another checkpoint") from error
     return Checkpoint(model=model, processor=load_processor(name), folder=folder, name=name)

@@ -109,14 +109,18 @@ def steps_from_budget(budget: str | float | int, checkpoint: str | os.PathLike |
     try:
         value = float(text.rstrip("%"))
     except ValueError:
-        raise ValueError(f"--budget must be a number of steps (200), a fraction (0.03) or a percentage (3%), got {budget!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"--budget must be a number of steps (200), a fraction (0.03) or a percentage (3%), got {budget!r}")
     if percent:
         value /= 100.0
-    if not percent and value >= 1:
+        if not 0 < value < 1:
+            raise ValueError(f"--budget {budget!r}: a percentage of the checkpoint's training steps must be above 0% and below 100%")
+    elif value >= 1:
         if value != int(value):
             raise ValueError(f"--budget {budget!r}: a number of steps must be a whole number")
         return int(value)
-    if not 0 < value < 1:
+    elif value <= 0:
         raise ValueError(f"--budget must be > 0, got {budget!r}")
     state = Path(checkpoint or "") / "trainer_state.json"
     if not state.is_file():
@@ -126,8 +130,9 @@ def steps_from_budget(budget: str | float | int, checkpoint: str | os.PathLike |
         )
     try:
         pretrain_steps = json.loads(state.read_text()).get("global_step") or 0
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{state} is not valid JSON ({error}): give --budget as a number of steps") from None
-    if pretrain_steps < 1:
+    except (ValueError, AttributeError) as error:  # not JSON, or not a JSON object
+        reason = " ".join(str(error).split())
+        raise ValueError(f"{state} is not a readable trainer state ({reason}): give --budget as a number of steps") from None
+    if not isinstance(pretrain_steps, int) or pretrain_steps < 1:
         raise ValueError(f"{state} records no training steps (global_step); give --budget as a number of steps")
     return max(1, math.ceil(value * pretrain_steps))

@@ -4,6 +4,7 @@ and configs that build λ-GELU, GELU or ReLU sites."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 from transformers import activations as hf_activations
@@ -11,11 +12,20 @@ from transformers import activations as hf_activations
 from ..hardness import (
     DEFAULT_LAMBDA_INIT,
     DEFAULT_LAMBDA_RANGE,
+    DEFAULT_TAU,
+    INIT_MODES,
     check_tau,
     init_lambdas,
+    is_finite_number,
 )
 
 KGELU_NAME = "kgelu"
+# Written into every config that builds λ-GELU sites, so that a reader of config.json who met
+# transformers' bare `KeyError: 'kgelu'` finds the fix; `relu_ize` removes it with the other kgelu_* keys.
+KGELU_REQUIRES = (
+    "pip install hf-kgelu; import hf_kgelu before from_pretrained (or `hf-kgelu relu-ize` this checkpoint "
+    "for a stock-transformers ReLU model)"
+)
 
 # Activation names whose modules `convert_to_kgelu` replaces. λ = 1 is the exact (erf) GELU;
 # the tanh approximations differ from it by < 1e-3.
@@ -40,6 +50,45 @@ def activation_config_keys(config, names=None) -> list[str]:
 def setting(config, name, default):
     value = getattr(config, name, None)
     return default if value is None else value
+
+
+def _is_lambda(value) -> bool:
+    return is_finite_number(value) and value >= 1
+
+
+def _is_lambda_range(value) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_lambda, value))
+            and value[0] <= value[1])
+
+
+# The kgelu_* config attributes: (is the value allowed, what is allowed, the default). None means unset.
+KGELU_SETTINGS = {
+    "kgelu_tau": (lambda v: is_finite_number(v) and v > 0,
+                  "a finite number > 0 (the temperature τ of λ = 1 + softplus(θ/τ))", DEFAULT_TAU),
+    "kgelu_init": (lambda v: v in INIT_MODES, f"one of {', '.join(map(repr, INIT_MODES))}", "uniform"),
+    "kgelu_lambda_init": (_is_lambda, "a finite number ≥ 1 (λ = 1 is GELU)", DEFAULT_LAMBDA_INIT),
+    "kgelu_lambda_range": (_is_lambda_range, "[low, high] with finite numbers 1 ≤ low ≤ high",
+                           list(DEFAULT_LAMBDA_RANGE)),
+    "kgelu_per_channel": (lambda v: isinstance(v, bool), "true or false (a boolean, not a string or number)", False),
+}
+KGELU_INFO_KEYS = ("kgelu_requires",)
+
+
+def check_kgelu_settings(config) -> None:
+    """Refuse a config whose kgelu_* attributes would build wrong sites (τ = NaN gives λ = NaN
+    everywhere, a string "false" turns per-channel on) or that names an unknown one (a typo would
+    be ignored): one-line ValueError naming the attribute, the value, what is allowed and the fix."""
+    for name, (allowed, description, default) in KGELU_SETTINGS.items():
+        value = getattr(config, name, None)
+        if value is not None and not allowed(value):
+            raise ValueError(
+                f"config.{name} must be {description}, got {value!r}: fix it in the config (or the checkpoint's "
+                f"config.json) or delete it for the default {json.dumps(default)}"
+            )
+    unknown = sorted(k for k in vars(config) if k.startswith("kgelu_") and k not in (*KGELU_SETTINGS, *KGELU_INFO_KEYS))
+    if unknown:  # a misspelt setting would be ignored without a word
+        raise ValueError(f"config.{unknown[0]} is not a kgelu setting (known: {', '.join(KGELU_SETTINGS)}): fix its name "
+                         "in the config (or config.json) or delete it")
 
 
 def kgelu_config(
@@ -71,9 +120,10 @@ def kgelu_config(
         setattr(config, key, KGELU_NAME)
     config.kgelu_init, config.kgelu_lambda_init = init, float(lambda_init)
     config.kgelu_lambda_range = [float(v) for v in lambda_range]
-    config.kgelu_per_channel = bool(per_channel)
+    config.kgelu_per_channel = per_channel  # checked below: a string "false" must not turn it on
     if tau is not None:
         config.kgelu_tau = check_tau(tau)
+    check_kgelu_settings(config)  # also what the source config carried (e.g. a kgelu_tau edited into config.json)
     return config
 
 

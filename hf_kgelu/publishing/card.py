@@ -7,16 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from ..hardness import BOUNDS, target_lambda
+from ..model_cards import PAPER_URL, template
 from ..modeling.config import KGELU_NAME
 from ..relu import ReluReport
 
 CARD_TEMPLATE = "relu_model_card.md.jinja"
-PAPER_URL = "https://arxiv.org/abs/2603.21991"
 MADE_BY = ("kgelu", "direct_swap", "conversion")
 
 # Auto classes by preference (a task head before the bare model) and the Hub pipeline tag of each.
@@ -152,17 +150,6 @@ def _eval_results(comparison, task_type: str | None, dataset_type: str, dataset_
     return [EvalResult(**common, metric_value=round(value, 6), metric_name=name) for name, value in comparison.card_results()]
 
 
-def _template():
-    import jinja2
-
-    try:
-        folder = resources.files("hf_kgelu.model_cards")  # installed: the wheel's copy of model_cards/
-    except ModuleNotFoundError:  # a source checkout on sys.path, not installed
-        folder = Path(__file__).resolve().parents[2] / "model_cards"
-    text = folder.joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
-    return jinja2.Template(text, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
-
-
 def render_model_card(
     report: ReluReport,
     *,
@@ -205,7 +192,7 @@ def render_model_card(
     training = _training_values(report, details.training) if made_by == "kgelu" else dict(details.training)
     annealed_to = training.get("target_lambda")
     worst = {bound: report.tolerance(bound) for bound in BOUNDS}
-    return _template().render(
+    return template(CARD_TEMPLATE).render(
         card_data=card_data.to_yaml(),
         model_name=model_name,
         usage_id=usage_id,

@@ -5,20 +5,24 @@ The folder is written into a hidden staging folder beside the target (`.NAME.tmp
 then put in place. Replacing an existing folder (`overwrite=True`) swaps the two in one atomic
 step where the system can (Linux `renameat2(RENAME_EXCHANGE)`), so the old folder stays visible
 under its name until the new one is complete; elsewhere two renames, with the old folder kept
-hidden (`.NAME.old-*`) in between. A save that was killed leaves at most those hidden folders;
-the next save into the same place puts a missing folder back from them and removes the rest,
-saying so.
+hidden (`.NAME.old-*`) in between (POSIX cannot rename over a non-empty folder: for the instant
+between those two calls the name is absent). A save that was killed leaves at most those hidden
+folders; the next save into the same place puts a missing folder back from them and removes the
+rest, saying so, and `interrupted_copy` tells a reader where a missing folder went. Saves into one
+parent folder take turns (a lock the kernel drops when its holder dies), so one save's cleanup
+never takes another running save's staging folder for a leftover.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -35,9 +39,12 @@ SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "con
 _STAGING, _RETIRED = "tmp", "old"
 
 
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse an existing non-empty folder (or a file) unless `overwrite`; returns the absolute path."""
+def check_output_dir(output_dir: str | os.PathLike, overwrite: bool = False, source: str | os.PathLike | None = None) -> Path:
+    """Refuse an existing non-empty folder (or a file) unless `overwrite`, and the `source` checkpoint folder
+    itself; returns the absolute path."""
     output_dir = Path(output_dir).expanduser().absolute()
+    if source is not None and Path(source).expanduser().absolute() == output_dir:
+        raise ValueError(f"the output folder {output_dir} is the source checkpoint: write the ReLU model somewhere else")
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} exists and is not a folder: choose another output folder")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
@@ -51,15 +58,53 @@ def _hidden(output_dir: Path, kind: str) -> list[Path]:
     return sorted(output_dir.parent.glob(f".{output_dir.name}.{kind}-*"))
 
 
+@contextlib.contextmanager
+def _save_lock(output_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `output_dir`'s parent folder: saves (and cleanups) there take turns.
+    The kernel drops it when the holding process dies, so a killed save never blocks the next one."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    try:
+        fd = os.open(output_dir.parent, os.O_RDONLY)
+    except OSError:  # no such parent yet (nothing to clean up or race for), or not readable: no lock
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("waiting for another save in %s to finish", output_dir.parent)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def interrupted_copy(output_dir: str | os.PathLike) -> Path | None:
+    """Where a save killed between its two renames left the folder `output_dir` (missing now), if it did."""
+    output_dir = Path(output_dir).expanduser().absolute()
+    found = [folder / output_dir.name for folder in _hidden(output_dir, _RETIRED) if (folder / output_dir.name).is_dir()]
+    return found[-1] if found and not output_dir.exists() else None
+
+
 def recover_interrupted_save(output_dir: str | os.PathLike) -> list[str]:
     """Undo what a killed save left beside `output_dir`: a missing folder comes back from its hidden
     retired copy; other leftovers are removed. Returns what was done, one line each (also logged)."""
     output_dir = Path(output_dir).expanduser().absolute()
+    with _save_lock(output_dir):
+        return _recover(output_dir)
+
+
+def _recover(output_dir: Path) -> list[str]:
     done = []
-    retired = [inner for folder in _hidden(output_dir, _RETIRED) for inner in [folder / output_dir.name] if inner.is_dir()]
-    if retired and not output_dir.exists():
-        os.rename(retired[-1], output_dir)
-        done.append(f"restored {output_dir} from an interrupted replacement ({retired[-1].parent.name})")
+    retired = interrupted_copy(output_dir)
+    if retired is not None:
+        os.rename(retired, output_dir)
+        shutil.rmtree(retired.parent, ignore_errors=True)  # now empty
+        done.append(f"restored {output_dir} from an interrupted replacement ({retired.parent.name})")
     for leftover in _hidden(output_dir, _RETIRED) + _hidden(output_dir, _STAGING):
         shutil.rmtree(leftover, ignore_errors=True)
         done.append(f"removed {leftover.name}, left by an interrupted save")
@@ -145,12 +190,16 @@ def write_model_folder(
     existing non-empty `output_dir` is replaced only with `overwrite=True`, and only once the new
     folder is complete. Returns the folder's path."""
     output_dir = Path(output_dir).expanduser().absolute()
-    recover_interrupted_save(output_dir)
-    output_dir = check_output_dir(output_dir, overwrite)
-    source = Path(source).expanduser().absolute() if source is not None else None
-    if source is not None and source == output_dir:
-        raise ValueError(f"the output folder {output_dir} is the source checkpoint: write the ReLU model somewhere else")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with _save_lock(output_dir):
+        _recover(output_dir)
+        return _write_model_folder(model, output_dir, card=card, processor=processor, source=source,
+                                   extra_files=extra_files, overwrite=overwrite, check=check)
+
+
+def _write_model_folder(model, output_dir: Path, *, card, processor, source, extra_files, overwrite, check) -> Path:
+    output_dir = check_output_dir(output_dir, overwrite, source)
+    source = Path(source).expanduser().absolute() if source is not None else None
     staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.{_STAGING}-"))
     try:
         model.save_pretrained(staging)

@@ -153,12 +153,18 @@ class KGeluHardnessCallback(TrainerCallback, ExportableState):
         stored = (state.stateful_callbacks or {}).get(type(self).__name__)
         if isinstance(stored, list):
             stored = stored[-1] if stored else None
-        attributes = (stored or {}).get("attributes", {})
+        attributes = stored.get("attributes") if isinstance(stored, dict) else None
+        attributes = attributes if isinstance(attributes, dict) else {}
         start_lambda = attributes.get("start_lambda")
-        names = {name for name, _ in self.sites}
-        if start_lambda is not None and set(start_lambda) != names:
-            logger.warning("the checkpoint's anneal-start λ names other λ-GELU sites than the model has; ignoring it")
+        sizes = {name: site.theta.numel() for name, site in self.sites}
+        if start_lambda is not None and not (
+            isinstance(start_lambda, dict) and set(start_lambda) == set(sizes) and isinstance(attributes.get("start_step"), int)
+            and all(isinstance(v, list) and len(v) == sizes[name] for name, v in start_lambda.items())
+        ):
+            logger.warning("the checkpoint's anneal-start λ does not fit the model's λ-GELU sites (other sites, or per "
+                           "channel where the model is not); ignoring it")
             start_lambda = None
+        names = set(sizes)
         self.start_lambda = start_lambda
         self.start_step = attributes.get("start_step") if start_lambda is not None else None
         site_targets = attributes.get("site_targets") if start_lambda is not None else None

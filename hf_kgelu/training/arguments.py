@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -14,16 +13,13 @@ from ..hardness import (
     DEFAULT_LAMBDA_INIT,
     DEFAULT_LAMBDA_RANGE,
     INIT_MODES,
+    is_finite_number,
     target_lambda,
 )
 from .schedule import SHAPES, check_anneal_start
 
 REINIT_MODES = ("auto", "always", "never")
 DATA_BOUND = "data"  # per-site targets from the sites' real pre-activations (hf_kgelu.training.data_aware)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -106,13 +102,13 @@ class KGeluTrainingArguments(TrainingArguments):
         super().__post_init__()
 
     def _validate_kgelu(self) -> None:
-        if self.kgelu_tau is not None and (not _is_number(self.kgelu_tau) or self.kgelu_tau <= 0):
+        if self.kgelu_tau is not None and (not is_finite_number(self.kgelu_tau) or self.kgelu_tau <= 0):
             raise ValueError(f"kgelu_tau must be a finite number > 0 (the temperature τ), got {self.kgelu_tau!r}")
-        if not _is_number(self.kgelu_lr_multiplier) or self.kgelu_lr_multiplier < 0:
+        if not is_finite_number(self.kgelu_lr_multiplier) or self.kgelu_lr_multiplier < 0:
             raise ValueError(f"kgelu_lr_multiplier (η) must be a finite number ≥ 0, got {self.kgelu_lr_multiplier!r}")
         if self.kgelu_init is not None and self.kgelu_init not in INIT_MODES:
             raise ValueError(f"kgelu_init must be one of {', '.join(INIT_MODES)} (or None), got {self.kgelu_init!r}")
-        if self.kgelu_lambda_init is not None and (not _is_number(self.kgelu_lambda_init) or self.kgelu_lambda_init < 1):
+        if self.kgelu_lambda_init is not None and (not is_finite_number(self.kgelu_lambda_init) or self.kgelu_lambda_init < 1):
             raise ValueError(f"kgelu_lambda_init must be a finite λ ≥ 1, got {self.kgelu_lambda_init!r}")
         if self.kgelu_lambda_range is not None:
             value = self.kgelu_lambda_range
@@ -122,9 +118,11 @@ class KGeluTrainingArguments(TrainingArguments):
                 except ValueError:
                     raise ValueError(f"kgelu_lambda_range must be two numbers LOW HIGH, got {self.kgelu_lambda_range!r}") from None
             value = list(value)
-            if len(value) != 2 or not all(_is_number(v) for v in value) or not 1 <= value[0] <= value[1]:
+            if len(value) != 2 or not all(is_finite_number(v) for v in value) or not 1 <= value[0] <= value[1]:
                 raise ValueError(f"kgelu_lambda_range must be two numbers 1 ≤ LOW ≤ HIGH, got {self.kgelu_lambda_range!r}")
             self.kgelu_lambda_range = [float(v) for v in value]
+        if self.kgelu_per_channel is not None and not isinstance(self.kgelu_per_channel, bool):
+            raise ValueError(f"kgelu_per_channel must be True, False or None, got {self.kgelu_per_channel!r}")
         if self.kgelu_reinit not in REINIT_MODES:
             raise ValueError(f"kgelu_reinit must be one of {', '.join(REINIT_MODES)}, got {self.kgelu_reinit!r}")
         start = self.kgelu_anneal_start
@@ -147,13 +145,13 @@ class KGeluTrainingArguments(TrainingArguments):
         self.kgelu_anneal_start = start
         if self.kgelu_anneal_shape not in SHAPES:
             raise ValueError(f"kgelu_anneal_shape must be one of {', '.join(SHAPES)}, got {self.kgelu_anneal_shape!r}")
-        if not _is_number(self.kgelu_tolerance) or self.kgelu_tolerance <= 0:
+        if not is_finite_number(self.kgelu_tolerance) or self.kgelu_tolerance <= 0:
             raise ValueError(f"kgelu_tolerance (ε) must be a finite number > 0, got {self.kgelu_tolerance!r}")
         if self.kgelu_bound not in (*BOUNDS, DATA_BOUND):
             raise ValueError(f"kgelu_bound must be one of {', '.join((*BOUNDS, DATA_BOUND))}, got {self.kgelu_bound!r}")
         if isinstance(self.kgelu_data_batches, bool) or not isinstance(self.kgelu_data_batches, int) or self.kgelu_data_batches < 1:
             raise ValueError(f"kgelu_data_batches must be a positive number of batches, got {self.kgelu_data_batches!r}")
-        if self.kgelu_target_lambda is not None and (not _is_number(self.kgelu_target_lambda) or self.kgelu_target_lambda < 1):
+        if self.kgelu_target_lambda is not None and (not is_finite_number(self.kgelu_target_lambda) or self.kgelu_target_lambda < 1):
             raise ValueError(
                 f"kgelu_target_lambda (λ*) must be a finite number ≥ 1 (λ = 1 is GELU), got {self.kgelu_target_lambda!r}"
             )

@@ -56,8 +56,14 @@ def read_history(source: str | os.PathLike) -> dict:
             f"no hardness history at {path}: train with hf_kgelu.KGeluTrainer, which writes {HISTORY_FILENAME} "
             "into output_dir"
         )
-    with open(path, encoding="utf-8") as f:
-        history = json.load(f)
-    if history.get("format") != HISTORY_FORMAT:
-        raise ValueError(f"{path} is not an hf-kgelu hardness history (format {history.get('format')!r})")
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # cut short by a crash (JSONDecodeError), or not text at all (UnicodeDecodeError)
+        raise ValueError(f"{path} is not a readable hardness history ({' '.join(str(error).split())})") from None
+    if not isinstance(history, dict) or history.get("format") != HISTORY_FORMAT:
+        found = history.get("format") if isinstance(history, dict) else type(history).__name__
+        raise ValueError(f"{path} is not an hf-kgelu hardness history (format {found!r})")
+    entries = [*(history.get("steps") or []), *(history.get("epochs") or [])]
+    if not all(isinstance(e, dict) and isinstance(e.get("step"), int) for e in entries):
+        raise ValueError(f"{path} is damaged: a step or epoch entry has no step number")
     return history

@@ -11,7 +11,9 @@ whose activations are λ-GELU (`hidden_act="kgelu"`, or a GELU model passed thro
 - adds the callbacks: the λ schedule (`KGeluHardnessCallback`: learn θ until the switch, then
   freeze it and anneal λ to λ*), the trajectory file (`KGeluHistoryCallback`) and the
   multi-process checks (`KGeluDistributedCallback`); the `kgelu/*` values join every training log;
-- resumes exactly: the schedule's state lives in every checkpoint's `trainer_state.json`.
+- resumes exactly: the schedule's state lives in every checkpoint's `trainer_state.json` (a damaged
+  one is refused in one line naming it);
+- writes a README.md beside a saved model saying what to install and import to load it.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import os
 import torch
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_callback import ExportableState, TrainerState
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..modeling.sites import find_sites, trained_sites
 from .annealing import KGeluHardnessCallback
 from .arguments import KGeluTrainingArguments
+from .card import CARD_TAGS, add_loading_section, write_checkpoint_card
 from .distributed import KGeluDistributedCallback
 from .preparation import prepare_hardness, require_trained_sites
 from .tracking import HardnessLog, KGeluHistoryCallback
@@ -49,6 +53,23 @@ def _keep_ddp_working_when_theta_freezes(model, args: KGeluTrainingArguments) ->
     if checkpointing:
         args.ddp_find_unused_parameters = True
         logger.info("ddp_find_unused_parameters=True: θ freezes at the anneal start and DDP must not wait for its gradient")
+
+
+def _check_trainer_state(checkpoint) -> None:
+    """Refuse, in one line naming the file, a checkpoint whose trainer_state.json cannot be read (a save cut
+    short, an edit): the stock Trainer fails deep inside with a bare JSONDecodeError or TypeError."""
+    path = os.path.join(os.fspath(checkpoint), "trainer_state.json")
+    if not os.path.isfile(path):
+        return  # the stock Trainer's own message (no such checkpoint), or a weights-only resume
+    try:
+        TrainerState.load_from_json(path)
+    except (ValueError, TypeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = " ".join(str(error).split())[:200]
+        raise ValueError(
+            f"cannot resume from {checkpoint}: {path} is damaged ({type(error).__name__}: {reason}); the save was cut "
+            "short, the file edited, or another transformers version wrote it. Resume from an earlier checkpoint-N "
+            "folder, or move this one away so that resume_from_checkpoint=True picks the newest complete one"
+        ) from error
 
 
 class KGeluTrainer(Trainer):
@@ -152,8 +173,20 @@ class KGeluTrainer(Trainer):
         if isinstance(path, bool):
             path = get_last_checkpoint(self.args.output_dir) if path else None
         self._kgelu_resume_dir = os.fspath(path) if path is not None else None
+        if path is not None:
+            _check_trainer_state(path)
         self._wire_callbacks()
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, *args, **kwargs):
+        # The stock method indexes `state.stateful_callbacks[name]` for every ExportableState callback, but a
+        # resumed state holds only the names its trainer_state.json stored: a callback missing there (a file
+        # written without it, a callback added on resume) would end the run with KeyError at the first save.
+        stored = self.state.stateful_callbacks
+        for callback in self.callback_handler.callbacks + [self.control]:
+            if isinstance(callback, ExportableState):
+                stored.setdefault(type(callback).__name__, callback.state())
+        return super()._save_checkpoint(*args, **kwargs)
 
     def _load_callback_state(self) -> None:
         super()._load_callback_state()
@@ -173,6 +206,24 @@ class KGeluTrainer(Trainer):
                     callbacks.remove(annealing)  # the schedule must act before the history records it
                     callbacks.insert(index, annealing)
                 break
+
+    # ---- saving: a λ-GELU folder says how to load it
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The stock save, plus a README.md saying what to install and import (unless the folder has one)."""
+        super().save_model(output_dir, _internal_call)
+        if self.args.should_save:
+            write_checkpoint_card(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """The stock draft card (push_to_hub writes it over README.md), tagged kgelu, with the loading section."""
+        if len(args) < 3:  # tags is the third parameter
+            tags = kwargs.get("tags") or []
+            tags = [tags] if isinstance(tags, str) else list(tags)
+            kwargs["tags"] = tags + [tag for tag in CARD_TAGS if tag not in tags]
+        super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            card = os.path.join(self.args.output_dir, "README.md")
+            add_loading_section(self.accelerator.unwrap_model(self.model), card, self.args.hub_model_id or self.args.output_dir)
 
     # ---- data-aware targets
     def _kgelu_data_forward(self, model: nn.Module) -> None:
