@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from .hardness import BOUNDS, tolerance_at
@@ -128,6 +129,16 @@ def _rewrite_config(config: PreTrainedConfig, names: tuple[str, ...]) -> tuple[d
     return changes, removed
 
 
+def _module_class(module: nn.Module) -> type:
+    """The class a module was built as. torch gives every parametrized instance (weight norm:
+    Wav2Vec2's positional conv) a class of its own, `Parametrized<Class>`, so two builds of the same
+    network never share it: compare the class underneath."""
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        cls = cls.__bases__[0]
+    return cls
+
+
 def _check_rebuild(model: PreTrainedModel, swapped_names: set[str], config: PreTrainedConfig) -> None:
     """Refuse unless `type(model)(config)` has, at every module name, the class the swap leaves there."""
     try:
@@ -138,8 +149,8 @@ def _check_rebuild(model: PreTrainedModel, swapped_names: set[str], config: PreT
             f"cannot check that the rewritten config rebuilds the ReLU network: building {type(model).__name__} "
             f"from it failed ({type(error).__name__}: {error}). Refusing to produce a config that may not load."
         ) from error
-    expected = {n: (nn.ReLU if n in swapped_names else type(m)) for n, m in model.named_modules(remove_duplicate=False)}
-    built = {n: type(m) for n, m in rebuilt.named_modules(remove_duplicate=False)}
+    expected = {n: (nn.ReLU if n in swapped_names else _module_class(m)) for n, m in model.named_modules(remove_duplicate=False)}
+    built = {n: _module_class(m) for n, m in rebuilt.named_modules(remove_duplicate=False)}
     differing = sorted(n for n in expected.keys() | built.keys() if expected.get(n) is not built.get(n))
     if not differing:
         return
