@@ -43,7 +43,7 @@ from transformers import TrainerCallback
 from .hardness import hardness_profile
 from .metrics import IGNORE_INDEX, MODEL_INPUT_KEYS, accuracy, evaluate_model, infer_task, iter_batches, perplexity
 from .modules import find_sites
-from .registry import GELU_NAMES, KGELU_NAME, activation_config_keys, kgelu_config
+from .registry import GELU_NAMES, KGELU_NAME, activation_config_keys, kgelu_config, renamed_activation
 from .relu import gelu_module_classes, relu_ize, substitution_report
 
 logger = logging.getLogger(__name__)
@@ -162,11 +162,11 @@ def with_activation(config, activation: str, **kgelu_settings):
     if activation == KGELU_NAME:
         config = copy.deepcopy(config)
         for key in keys:  # kgelu_config converts GELU-family keys only
-            setattr(config, key, "gelu")
+            setattr(config, key, renamed_activation(getattr(config, key), "gelu"))
         return kgelu_config(config, **kgelu_settings)
     config = copy.deepcopy(config)
     for key in keys:
-        setattr(config, key, activation)
+        setattr(config, key, renamed_activation(getattr(config, key), activation))
     for key in [k for k in vars(config) if k.startswith("kgelu_")]:
         delattr(config, key)
     return config

@@ -24,7 +24,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from .hardness import BOUNDS, tolerance_at
 from .metrics import evaluate_model, infer_task
 from .modules import KGELU
-from .registry import GELU_NAMES, KGELU_NAME, activation_config_keys, gelu_module_classes
+from .registry import GELU_NAMES, KGELU_NAME, activation_config_keys, gelu_module_classes, renamed_activation
 
 RELU_NAME = "relu"
 KGELU_CONFIG_PREFIX = "kgelu_"
@@ -122,7 +122,7 @@ def _rewrite_config(config: PreTrainedConfig, names: tuple[str, ...]) -> tuple[d
     for prefix, sub in _configs(config):
         for key in activation_config_keys(sub, names):
             changes[prefix + key] = getattr(sub, key)
-            setattr(sub, key, RELU_NAME)
+            setattr(sub, key, renamed_activation(getattr(sub, key), RELU_NAME))
         for key in [k for k in vars(sub) if k.startswith(KGELU_CONFIG_PREFIX)]:
             removed[prefix + key] = getattr(sub, key)
             delattr(sub, key)

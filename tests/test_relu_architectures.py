@@ -1,11 +1,23 @@
 """relu_ize on the architecture shapes the matrix (tests/test_architectures.py) exposed: weight-norm
 parametrized modules, activation keys without "act" in their name, GELUs no config key reaches."""
 
-import torch
-from torch.nn.utils.parametrize import is_parametrized
-from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+import json
 
-from hf_kgelu import find_sites, relu_ize
+import torch
+from torch import nn
+from torch.nn.utils.parametrize import is_parametrized
+from transformers import (
+    MT5Config,
+    MT5ForConditionalGeneration,
+    OpenAIGPTConfig,
+    OpenAIGPTLMHeadModel,
+    Wav2Vec2Config,
+    Wav2Vec2ForCTC,
+)
+
+from hf_kgelu import find_sites, kgelu_config, relu_ize
+
+TEXT = torch.randint(3, 50, (2, 7), generator=torch.Generator().manual_seed(1))
 
 
 def _wav2vec2(activation: str = "kgelu") -> Wav2Vec2ForCTC:
@@ -30,3 +42,50 @@ def test_weight_norm_parametrized_modules_do_not_block_relu_ize(tmp_path):
     inputs = torch.randn(2, 400, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(reloaded(inputs).logits, relu_model(inputs).logits)
+
+
+def _mt5(feed_forward_proj: str) -> MT5ForConditionalGeneration:
+    torch.manual_seed(0)
+    config = MT5Config(vocab_size=50, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2,
+                       feed_forward_proj=feed_forward_proj, decoder_start_token_id=0)
+    return MT5ForConditionalGeneration(config).eval()
+
+
+def test_gated_activation_keys_are_rewritten_whatever_their_name(tmp_path):
+    """T5's `feed_forward_proj="gated-kgelu"` has no "act" in its name: relu_ize must make it
+    "gated-relu", or config.json keeps naming kgelu and a config rebuilt from that key alone
+    (without the derived `dense_act_fn`) fails with KeyError: 'kgelu'."""
+    model = _mt5("gated-kgelu")
+    assert model.config.dense_act_fn == "kgelu" and model.config.is_gated_act and len(find_sites(model)) == 2
+    relu_model, report = relu_ize(model)
+    assert (relu_model.config.feed_forward_proj, relu_model.config.dense_act_fn) == ("gated-relu", "relu")
+    assert report.config_changes == {"feed_forward_proj": "gated-kgelu", "dense_act_fn": "kgelu"}
+    relu_model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "kgelu" not in json.dumps(saved)
+    del saved["dense_act_fn"]  # T5Config derives it from feed_forward_proj
+    rebuilt = MT5ForConditionalGeneration(MT5Config(**saved))
+    assert all(isinstance(block.layer[-1].DenseReluDense.act, nn.ReLU) for block in rebuilt.encoder.block)
+    reloaded = MT5ForConditionalGeneration.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=TEXT, decoder_input_ids=TEXT).logits,
+                           relu_model(input_ids=TEXT, decoder_input_ids=TEXT).logits)
+
+
+def test_kgelu_config_turns_gated_gelu_into_gated_kgelu():
+    config = kgelu_config(_mt5("gated-gelu").config)
+    assert (config.feed_forward_proj, config.dense_act_fn) == ("gated-kgelu", "kgelu")
+    model = MT5ForConditionalGeneration(config)
+    assert len(find_sites(model)) == 2 and model.config.is_gated_act
+
+
+def test_activation_key_without_act_in_its_name_openai_gpt_afn(tmp_path):
+    """OpenAI GPT names its activation `afn`: the direct GELU → ReLU swap must rewrite it."""
+    torch.manual_seed(0)
+    gelu = OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=2, afn="gelu")).eval()
+    relu_model, report = relu_ize(gelu, include_gelu=True)
+    assert relu_model.config.afn == "relu" and report.config_changes == {"afn": "gelu"}
+    relu_model.save_pretrained(tmp_path)
+    reloaded = OpenAIGPTLMHeadModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(TEXT).logits, relu_model(TEXT).logits)
