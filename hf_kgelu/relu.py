@@ -12,7 +12,12 @@ changed.
 
 from __future__ import annotations
 
+import ast
 import copy
+import functools
+import inspect
+import textwrap
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,7 +57,9 @@ class SwappedSite:
 @dataclass
 class ReluReport:
     """What `relu_ize` did: the sites (in depth order), the config keys it rewrote (key → value
-    before), and the kgelu settings it removed from the config (for the model card)."""
+    before), the kgelu settings it removed from the config (for the model card), and the GELUs
+    the ReLU model still computes (`remaining_gelu`: GELU modules no swap reached, and GELU
+    functions called in its modules' code; empty for a pure ReLU network)."""
 
     model_class: str
     sites: list[SwappedSite]
@@ -60,6 +67,7 @@ class ReluReport:
     kgelu_settings: dict[str, Any] = field(default_factory=dict)
     include_gelu: bool = False
     merged_peft: bool = False
+    remaining_gelu: list[str] = field(default_factory=list)
 
     @property
     def lambdas(self) -> dict[str, float]:
@@ -93,6 +101,74 @@ def _swap_targets(model: nn.Module, include_gelu: bool) -> list[tuple[str, nn.Mo
     if any(name == "" for name, _ in targets):
         raise ValueError("the model itself is an activation module: there is nothing to relu-ize around it")
     return targets
+
+
+def _is_gelu_name(name: str) -> bool:
+    return "gelu" in name.lower()
+
+
+def _gelu_callee(call: ast.Call) -> str | None:
+    """The GELU a call computes, if it visibly is one: `gelu(x)`, `F.gelu(x)`, `nn.functional.gelu(x)`,
+    `ACT2FN["gelu"](x)`, `get_activation("gelu_new")(x)`. Calls on `self` are submodules: found as modules."""
+    func = call.func
+    if isinstance(func, (ast.Name, ast.Attribute)) and getattr(func, "id", getattr(func, "attr", ""))[:1].isupper():
+        return None  # a class: building a GELU module (nn.GELU(), BloomGelu()), found as a module
+    if isinstance(func, ast.Name) and _is_gelu_name(func.id):
+        return func.id
+    if isinstance(func, ast.Attribute) and _is_gelu_name(func.attr):
+        root = func.value
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        return None if isinstance(root, ast.Name) and root.id == "self" else ast.unparse(func)
+    if isinstance(func, ast.Subscript) and isinstance(func.slice, ast.Constant) and _is_gelu_name(str(func.slice.value)):
+        return ast.unparse(func)
+    if isinstance(func, ast.Call) and any(isinstance(a, ast.Constant) and _is_gelu_name(str(a.value)) for a in func.args):
+        return ast.unparse(func)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _own_functional_gelus(klass: type) -> tuple[str, ...]:
+    """"functional <callee> in <Class>.<method>" for every GELU call in the methods `klass` defines."""
+    found = []
+    for attr, function in vars(klass).items():
+        if not inspect.isfunction(function):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        callees = dict.fromkeys(c for node in ast.walk(tree) if isinstance(node, ast.Call) and (c := _gelu_callee(node)))
+        found += [f"functional {callee} in {klass.__name__}.{attr}" for callee in callees]
+    return tuple(found)
+
+
+def _functional_gelus(cls: type) -> list[str]:
+    """GELU calls in the methods of a module class and the model code it inherits (not torch's own
+    classes, not GELU modules: those are found as modules)."""
+    return [
+        entry
+        for klass in cls.__mro__
+        if klass.__module__.split(".")[0] not in ("torch", "builtins") and not _is_gelu_name(klass.__name__)
+        for entry in _own_functional_gelus(klass)
+    ]
+
+
+def remaining_gelus(model: nn.Module) -> list[str]:
+    """The GELUs `model` still computes: GELU-family modules (including model-specific classes such as
+    BLOOM's `BloomGelu`), as "<module name> (<Class>)", and GELU functions its modules' code calls
+    (RoBERTa's LM head, Whisper's conv stem), as "functional gelu in <Class>.<method> (<module name>)"."""
+    remaining, seen_classes = [], set()
+    for name, module in model.named_modules():
+        cls = _module_class(module)
+        if isinstance(module, (KGELU, nn.ReLU)):
+            continue
+        if isinstance(module, gelu_module_classes()) or _is_gelu_name(cls.__name__):
+            remaining.append(f"{name or '<model>'} ({cls.__name__})")
+        elif cls not in seen_classes:
+            seen_classes.add(cls)
+            remaining += [f"{entry} ({name or '<model>'})" for entry in _functional_gelus(cls)]
+    return remaining
 
 
 def _describe(name: str, module: nn.Module) -> SwappedSite:
@@ -193,7 +269,9 @@ def relu_ize(
     "relu" and the `kgelu_*` settings are removed, so `save_pretrained` gives a checkpoint that
     stock transformers loads without this package. θ leaves the state dict with its module.
     Raises ValueError, changing nothing, when the model has no site, is PEFT-wrapped (unless
-    `merge_peft`), or holds activations that its config cannot describe.
+    `merge_peft`), or holds activations that its config cannot describe. GELUs that no swap
+    reaches (hard-coded modules, GELU functions called in model code) stay: they are listed in
+    `report.remaining_gelu`, with a warning.
     """
     merged = False
     if _is_peft_wrapper(model):
@@ -224,6 +302,10 @@ def relu_ize(
             else 'build it with hidden_act="kgelu" (GPT-2: activation_function="kgelu") or convert it with hf_kgelu.convert_to_kgelu'
         )
         kinds = "λ-GELU (KGELU) or GELU" if include_gelu else "λ-GELU (KGELU)"
+        unreachable = remaining_gelus(model) if include_gelu else []
+        if unreachable:
+            hint = (f"its GELUs ({'; '.join(unreachable[:3])}{'; …' if len(unreachable) > 3 else ''}) are model code "
+                    "that no config activation key builds, so no swap can reach them")
         raise ValueError(f"{type(model).__name__} has no {kinds} activation site to swap for ReLU: {hint}")
     swapped_names = {name for name, _ in targets}
     names = (KGELU_NAME, *GELU_NAMES) if include_gelu else (KGELU_NAME,)
@@ -251,7 +333,15 @@ def relu_ize(
     if isinstance(config, PreTrainedConfig):
         changes, removed = _rewrite_config(config, names)
     _forget_theta_fp32(model, swapped_names)
-    report = ReluReport(type(model).__name__, sites, changes, removed, include_gelu, merged)
+    remaining = remaining_gelus(model)
+    if remaining:
+        shown = "; ".join(remaining[:4]) + (f"; … and {len(remaining) - 4} more" if len(remaining) > 4 else "")
+        warnings.warn(
+            f"the ReLU model still computes GELU where no swap reaches ({shown}): it is not a pure ReLU network "
+            "(report.remaining_gelu lists them all)",
+            stacklevel=2,
+        )
+    report = ReluReport(type(model).__name__, sites, changes, removed, include_gelu, merged, remaining)
     return model, report
 
 

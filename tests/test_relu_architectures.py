@@ -2,17 +2,27 @@
 parametrized modules, activation keys without "act" in their name, GELUs no config key reaches."""
 
 import json
+import warnings
 
+import pytest
 import torch
 from torch import nn
 from torch.nn.utils.parametrize import is_parametrized
 from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BloomConfig,
+    BloomForCausalLM,
     MT5Config,
     MT5ForConditionalGeneration,
     OpenAIGPTConfig,
     OpenAIGPTLMHeadModel,
+    RobertaConfig,
+    RobertaForMaskedLM,
     Wav2Vec2Config,
     Wav2Vec2ForCTC,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
 )
 
 from hf_kgelu import find_sites, kgelu_config, relu_ize
@@ -89,3 +99,43 @@ def test_activation_key_without_act_in_its_name_openai_gpt_afn(tmp_path):
     reloaded = OpenAIGPTLMHeadModel.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(TEXT).logits, relu_model(TEXT).logits)
+
+
+ENCODER = dict(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+
+
+def _relu_ize_recording_warnings(model, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        relu_model, report = relu_ize(model, **kwargs)
+    return relu_model, report, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("include_gelu", [False, True])
+def test_gelus_no_config_key_reaches_are_reported_not_hidden(include_gelu):
+    """RoBERTa's LM head calls the `gelu` function and Whisper's conv stem `nn.functional.gelu`:
+    no swap reaches them, so the report (and a warning) must say the ReLU model still has them."""
+    roberta = RobertaForMaskedLM(RobertaConfig(**ENCODER, hidden_act="kgelu"))
+    _, report, caught = _relu_ize_recording_warnings(roberta, include_gelu=include_gelu)
+    assert report.remaining_gelu == ["functional gelu in RobertaLMHead.forward (lm_head)"]
+    assert any("still computes GELU" in message and "RobertaLMHead.forward" in message for message in caught)
+
+    whisper = WhisperForConditionalGeneration(WhisperConfig(
+        vocab_size=50, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16, max_source_positions=16, activation_function="kgelu",
+        pad_token_id=1, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3))
+    _, report, _ = _relu_ize_recording_warnings(whisper, include_gelu=include_gelu)
+    assert report.remaining_gelu == ["functional nn.functional.gelu in WhisperEncoder.forward (model.encoder)"]
+
+
+def test_pure_relu_result_reports_no_remaining_gelu():
+    _, report, caught = _relu_ize_recording_warnings(BertForMaskedLM(BertConfig(**ENCODER, hidden_act="kgelu")))
+    assert report.remaining_gelu == [] and not [m for m in caught if "GELU" in m]
+
+
+def test_hard_coded_gelu_module_is_named_when_nothing_can_be_swapped():
+    """BLOOM builds its own `BloomGelu` with no config key: include_gelu cannot swap it, and the
+    refusal must say why instead of claiming the model has no GELU."""
+    bloom = BloomForCausalLM(BloomConfig(vocab_size=50, hidden_size=32, n_layer=1, n_head=2))
+    with pytest.raises(ValueError, match=r"transformer\.h\.0\.mlp\.gelu_impl \(BloomGelu\).*no config activation key"):
+        relu_ize(bloom, include_gelu=True)
