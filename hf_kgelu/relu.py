@@ -215,19 +215,32 @@ def _module_class(module: nn.Module) -> type:
     return cls
 
 
-def _check_rebuild(model: PreTrainedModel, swapped_names: set[str], config: PreTrainedConfig) -> None:
-    """Refuse unless `type(model)(config)` has, at every module name, the class the swap leaves there."""
+def _meta_build(model: PreTrainedModel, config: PreTrainedConfig, which: str) -> dict[str, type]:
+    """The module class at every name of `type(model)(config)`, built on the meta device."""
     try:
         with torch.device("meta"):
-            rebuilt = type(model)(config)
+            built = type(model)(config)
     except Exception as error:
         raise ValueError(
             f"cannot check that the rewritten config rebuilds the ReLU network: building {type(model).__name__} "
-            f"from it failed ({type(error).__name__}: {error}). Refusing to produce a config that may not load."
+            f"from {which} failed ({type(error).__name__}: {error}). Refusing to produce a config that may not load."
         ) from error
+    return {n: _module_class(m) for n, m in built.named_modules(remove_duplicate=False)}
+
+
+def _check_rebuild(model: PreTrainedModel, swapped_names: set[str], config: PreTrainedConfig) -> None:
+    """Refuse unless `type(model)(config)` has, at every module name, the class the swap leaves there.
+
+    A module where the model already differs from a build of its own (unrewritten) config, and
+    the rewrite changes nothing, is no concern of the swap: the model switched it at run time
+    (BigBird replaces its block-sparse attention on short inputs) and switches it again after
+    loading."""
     expected = {n: (nn.ReLU if n in swapped_names else _module_class(m)) for n, m in model.named_modules(remove_duplicate=False)}
-    built = {n: _module_class(m) for n, m in rebuilt.named_modules(remove_duplicate=False)}
+    built = _meta_build(model, config, "the rewritten config")
     differing = sorted(n for n in expected.keys() | built.keys() if expected.get(n) is not built.get(n))
+    if differing:
+        own = _meta_build(model, model.config, "its own config")
+        differing = [n for n in differing if n in swapped_names or own.get(n) is not built.get(n)]
     if not differing:
         return
     shown = [

@@ -10,6 +10,8 @@ from torch import nn
 from torch.nn.utils.parametrize import is_parametrized
 from transformers import (
     BertConfig,
+    BigBirdConfig,
+    BigBirdForMaskedLM,
     BertForMaskedLM,
     BloomConfig,
     BloomForCausalLM,
@@ -139,3 +141,19 @@ def test_hard_coded_gelu_module_is_named_when_nothing_can_be_swapped():
     bloom = BloomForCausalLM(BloomConfig(vocab_size=50, hidden_size=32, n_layer=1, n_head=2))
     with pytest.raises(ValueError, match=r"transformer\.h\.0\.mlp\.gelu_impl \(BloomGelu\).*no config activation key"):
         relu_ize(bloom, include_gelu=True)
+
+
+def test_modules_the_model_switched_itself_are_no_reason_to_refuse(tmp_path):
+    """BigBird swaps its block-sparse attention for full attention when an input is short, without
+    touching the config: the rebuild check must not blame the activation swap for that."""
+    torch.manual_seed(0)
+    model = BigBirdForMaskedLM(BigBirdConfig(**ENCODER, hidden_act="kgelu", max_position_embeddings=64)).eval()
+    with torch.no_grad():
+        model(TEXT)  # short: BigBird switches itself to original_full attention
+    assert model.bert.encoder.layer[0].attention.self.__class__.__name__ == "BigBirdSelfAttention"
+    relu_model, report = relu_ize(model)
+    assert len(report.sites) == 2
+    relu_model.save_pretrained(tmp_path)
+    reloaded = BigBirdForMaskedLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(TEXT).logits, relu_model(TEXT).logits)
