@@ -215,6 +215,10 @@ def _module_class(module: nn.Module) -> type:
     return cls
 
 
+def _first_line(error: Exception) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+
+
 def _meta_build(model: PreTrainedModel, config: PreTrainedConfig, which: str) -> dict[str, type]:
     """The module class at every name of `type(model)(config)`, built on the meta device."""
     try:
@@ -223,7 +227,7 @@ def _meta_build(model: PreTrainedModel, config: PreTrainedConfig, which: str) ->
     except Exception as error:
         raise ValueError(
             f"cannot check that the rewritten config rebuilds the ReLU network: building {type(model).__name__} "
-            f"from {which} failed ({type(error).__name__}: {error}). Refusing to produce a config that may not load."
+            f"from {which} failed ({type(error).__name__}: {_first_line(error)}); refusing to produce a config that may not load"
         ) from error
     return {n: _module_class(m) for n, m in built.named_modules(remove_duplicate=False)}
 
@@ -250,8 +254,9 @@ def _check_rebuild(model: PreTrainedModel, swapped_names: set[str], config: PreT
     ]
     more = f"\n  … and {len(differing) - 12} more" if len(differing) > 12 else ""
     raise ValueError(
-        "refusing to relu-ize: the config cannot describe the network the swap would produce, so "
-        "from_pretrained would build a different model. Sites that differ:\n  " + "\n  ".join(shown) + more + "\n"
+        f"refusing to relu-ize {type(model).__name__}: its config cannot describe the network the swap would produce "
+        f"({len(differing)} module(s) differ, first {shown[0]}), so from_pretrained would build a different model.\n"
+        "Modules that differ:\n  " + "\n  ".join(shown) + more + "\n"
         "Make every activation that one config key controls the same kind (all λ-GELU, or pass include_gelu=True "
         "to swap plain GELUs too), and keep λ-GELU only at sites that a config activation key builds."
     )

@@ -157,3 +157,14 @@ def test_modules_the_model_switched_itself_are_no_reason_to_refuse(tmp_path):
     reloaded = BigBirdForMaskedLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(TEXT).logits, relu_model(TEXT).logits)
+
+
+def test_a_refusal_says_what_differs_on_its_first_line():
+    """The architecture matrix (and a CLI) shows one line per refusal: that line must name the problem."""
+    model = BertForMaskedLM(BertConfig(**ENCODER, hidden_act="kgelu"))
+    model.bert.encoder.layer[0].intermediate.intermediate_act_fn = nn.GELU()  # a key builds λ-GELU here
+    with pytest.raises(ValueError) as error:
+        relu_ize(model)
+    first = str(error.value).splitlines()[0]
+    assert first.startswith("refusing to relu-ize BertForMaskedLM: its config cannot describe the network")
+    assert "bert.encoder.layer.0.intermediate.intermediate_act_fn: the ReLU model has GELU, the rewritten config builds ReLU" in first
