@@ -277,6 +277,27 @@ def _forget_theta_fp32(model: nn.Module, swapped_names: set[str]) -> None:
             sub._keep_in_fp32_modules_strict = remaining or type(sub)._keep_in_fp32_modules_strict
 
 
+def _no_site_reason(model: nn.Module, include_gelu: bool) -> str:
+    kinds = "λ-GELU (KGELU) or GELU" if include_gelu else "λ-GELU (KGELU)"
+    config = getattr(model, "config", None)
+    named = [
+        prefix + key for prefix, sub in (_configs(config) if isinstance(config, PreTrainedConfig) else ())
+        for key in activation_config_keys(sub, (KGELU_NAME,))
+    ]
+    unreachable = remaining_gelus(model)
+    gelus = f"{'; '.join(unreachable[:3])}{'; …' if len(unreachable) > 3 else ''}"
+    if named:  # Pop2Piano's feed_forward_proj, Llama 4's vision hidden_act: keys the modeling code never reads
+        hint = f"its config names kgelu ({', '.join(named)}) but {type(model).__name__} builds no λ-GELU from it"
+        hint += f"; its GELUs are model code that no config key builds ({gelus})" if unreachable else ""
+    elif include_gelu and unreachable:
+        hint = f"its GELUs ({gelus}) are model code that no config activation key builds, so no swap can reach them"
+    elif _swap_targets(model, include_gelu=True):
+        hint = "pass include_gelu=True to swap its GELUs directly (the paper's baseline)"
+    else:
+        hint = 'build it with hidden_act="kgelu" (GPT-2: activation_function="kgelu") or convert it with hf_kgelu.convert_to_kgelu'
+    return f"{type(model).__name__} has no {kinds} activation site to swap for ReLU: {hint}"
+
+
 def relu_ize(
     model: nn.Module, *, inplace: bool = False, include_gelu: bool = False, merge_peft: bool = False
 ) -> tuple[nn.Module, ReluReport]:
@@ -314,17 +335,7 @@ def relu_ize(
 
     targets = _swap_targets(model, include_gelu)
     if not targets:
-        hint = (
-            "pass include_gelu=True to swap its GELUs directly (the paper's baseline)"
-            if _swap_targets(model, include_gelu=True)
-            else 'build it with hidden_act="kgelu" (GPT-2: activation_function="kgelu") or convert it with hf_kgelu.convert_to_kgelu'
-        )
-        kinds = "λ-GELU (KGELU) or GELU" if include_gelu else "λ-GELU (KGELU)"
-        unreachable = remaining_gelus(model) if include_gelu else []
-        if unreachable:
-            hint = (f"its GELUs ({'; '.join(unreachable[:3])}{'; …' if len(unreachable) > 3 else ''}) are model code "
-                    "that no config activation key builds, so no swap can reach them")
-        raise ValueError(f"{type(model).__name__} has no {kinds} activation site to swap for ReLU: {hint}")
+        raise ValueError(_no_site_reason(model, include_gelu))
     swapped_names = {name for name, _ in targets}
     names = (KGELU_NAME, *GELU_NAMES) if include_gelu else (KGELU_NAME,)
 

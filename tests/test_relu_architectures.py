@@ -15,10 +15,14 @@ from transformers import (
     BertForMaskedLM,
     BloomConfig,
     BloomForCausalLM,
+    Llama4VisionConfig,
+    Llama4VisionModel,
     MT5Config,
     MT5ForConditionalGeneration,
     OpenAIGPTConfig,
     OpenAIGPTLMHeadModel,
+    Pop2PianoConfig,
+    Pop2PianoForConditionalGeneration,
     RobertaConfig,
     RobertaForMaskedLM,
     Wav2Vec2Config,
@@ -168,3 +172,18 @@ def test_a_refusal_says_what_differs_on_its_first_line():
     first = str(error.value).splitlines()[0]
     assert first.startswith("refusing to relu-ize BertForMaskedLM: its config cannot describe the network")
     assert "bert.encoder.layer.0.intermediate.intermediate_act_fn: the ReLU model has GELU, the rewritten config builds ReLU" in first
+
+
+def test_a_config_key_naming_kgelu_that_builds_nothing_is_named_in_the_refusal():
+    """Pop2Piano reads `feed_forward_proj` only for "gated" (its activation is `dense_act_fn`); Llama 4's
+    vision tower hard-codes nn.GELU beside an unused `hidden_act`. The refusal must say that the key
+    builds nothing, not advise setting the very key that is already set."""
+    pop2piano = Pop2PianoForConditionalGeneration(Pop2PianoConfig(
+        vocab_size=50, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, feed_forward_proj="gated-kgelu"))
+    with pytest.raises(ValueError, match=r"its config names kgelu \(feed_forward_proj\) but Pop2PianoForConditionalGeneration builds no λ-GELU"):
+        relu_ize(pop2piano)
+    llama4 = Llama4VisionModel(Llama4VisionConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8,
+        vision_output_dim=32, projector_input_dim=32, projector_output_dim=32, hidden_act="kgelu"))
+    with pytest.raises(ValueError, match=r"names kgelu \(hidden_act\) .* model code that no config key builds \(.*\(GELU\)"):
+        relu_ize(llama4)
