@@ -94,6 +94,20 @@ def _is_peft_wrapper(model: nn.Module) -> bool:
     return any(cls.__name__ == "PeftModel" and cls.__module__.startswith("peft") for cls in type(model).__mro__)
 
 
+def copy_model(model: nn.Module) -> nn.Module:
+    """`copy.deepcopy(model)`, also when a module holds a tensor computed with autograd (RecurrentGemma
+    keeps its recurrent and conv states as attributes after a training forward), which deepcopy refuses:
+    such a tensor is copied detached."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else (value,)
+            for item in values:
+                if isinstance(item, torch.Tensor) and not item.is_leaf:
+                    memo[id(item)] = item.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def _swap_targets(model: nn.Module, include_gelu: bool) -> list[tuple[str, nn.Module]]:
     """Every (name, module) to replace, in depth order; a module reachable under two names appears twice."""
     kinds = (KGELU, *gelu_module_classes()) if include_gelu else (KGELU,)
@@ -320,7 +334,7 @@ def relu_ize(
                 "(model = model.merge_and_unload()), or call relu_ize(model, merge_peft=True) to do it here"
             )
         if not inplace:
-            model = copy.deepcopy(model)
+            model = copy_model(model)
         try:
             model = model.merge_and_unload()
         except AttributeError as error:
@@ -353,7 +367,7 @@ def relu_ize(
             sites.append(_describe(name, module))
 
     if not inplace:
-        model = copy.deepcopy(model)
+        model = copy_model(model)
     for name in [name for name, _ in targets]:
         parent_name, _, child_name = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child_name, nn.ReLU())
@@ -430,12 +444,12 @@ def substitution_report(
     copies: the passed models are never changed (not even their train/eval mode)."""
     task = task or infer_task(model)
     metric = _metric_name(task)
-    details = {"kgelu_before": evaluate_model(copy.deepcopy(model), eval_data, task, batch_size)}
+    details = {"kgelu_before": evaluate_model(copy_model(model), eval_data, task, batch_size)}
     relu_model, relu_report = relu_ize(model, inplace=False, include_gelu=include_gelu)
     details["kgelu_after"] = evaluate_model(relu_model, eval_data, task, batch_size)
     del relu_model
     if gelu_baseline is not None:
-        details["gelu_before"] = evaluate_model(copy.deepcopy(gelu_baseline), eval_data, task, batch_size)
+        details["gelu_before"] = evaluate_model(copy_model(gelu_baseline), eval_data, task, batch_size)
         gelu_relu, _ = relu_ize(gelu_baseline, inplace=False, include_gelu=True)
         details["gelu_after"] = evaluate_model(gelu_relu, eval_data, task, batch_size)
         del gelu_relu

@@ -23,6 +23,8 @@ from transformers import (
     OpenAIGPTLMHeadModel,
     Pop2PianoConfig,
     Pop2PianoForConditionalGeneration,
+    RecurrentGemmaConfig,
+    RecurrentGemmaForCausalLM,
     RobertaConfig,
     RobertaForMaskedLM,
     Wav2Vec2Config,
@@ -187,3 +189,15 @@ def test_a_config_key_naming_kgelu_that_builds_nothing_is_named_in_the_refusal()
         vision_output_dim=32, projector_input_dim=32, projector_output_dim=32, hidden_act="kgelu"))
     with pytest.raises(ValueError, match=r"names kgelu \(hidden_act\) .* model code that no config key builds \(.*\(GELU\)"):
         relu_ize(llama4)
+
+
+def test_a_model_holding_autograd_state_from_a_training_forward_can_be_relu_ized():
+    """RecurrentGemma keeps its recurrent states as module attributes; after a forward with autograd
+    they are non-leaf tensors, which copy.deepcopy refuses: relu_ize(inplace=False) must still copy."""
+    torch.manual_seed(0)
+    model = RecurrentGemmaForCausalLM(RecurrentGemmaConfig(
+        vocab_size=50, hidden_size=32, lru_width=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        head_dim=16, intermediate_size=64, block_types=["recurrent", "attention"], hidden_activation="kgelu"))
+    model(TEXT).logits.sum().backward()  # a training forward: the recurrent states now carry autograd history
+    relu_model, report = relu_ize(model)
+    assert len(report.sites) == len(find_sites(model)) == 3 and not find_sites(relu_model)
