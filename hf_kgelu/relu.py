@@ -29,7 +29,13 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from .hardness import BOUNDS, tolerance_at
 from .metrics import evaluate_model, infer_task
 from .modules import KGELU
-from .registry import GELU_NAMES, KGELU_NAME, activation_config_keys, gelu_module_classes, renamed_activation
+from .registry import (
+    GELU_NAMES,
+    KGELU_NAME,
+    activation_config_keys,
+    gelu_module_classes,
+    renamed_activation,
+)
 
 RELU_NAME = "relu"
 KGELU_CONFIG_PREFIX = "kgelu_"
@@ -141,7 +147,7 @@ def _gelu_callee(call: ast.Call) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _own_functional_gelus(klass: type) -> tuple[str, ...]:
     """"functional <callee> in <Class>.<method>" for every GELU call in the methods `klass` defines."""
     found = []
