@@ -10,9 +10,9 @@ from torch import nn
 from torch.nn.utils.parametrize import is_parametrized
 from transformers import (
     BertConfig,
+    BertForMaskedLM,
     BigBirdConfig,
     BigBirdForMaskedLM,
-    BertForMaskedLM,
     BloomConfig,
     BloomForCausalLM,
     Llama4VisionConfig,
@@ -109,7 +109,7 @@ def test_activation_key_without_act_in_its_name_openai_gpt_afn(tmp_path):
         assert torch.equal(reloaded(TEXT).logits, relu_model(TEXT).logits)
 
 
-ENCODER = dict(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+ENCODER = {"vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 
 
 def _relu_ize_recording_warnings(model, **kwargs):
