@@ -12,11 +12,7 @@ changed.
 
 from __future__ import annotations
 
-import ast
 import copy
-import functools
-import inspect
-import textwrap
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,6 +24,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 
 from .hardness import BOUNDS, tolerance_at
 from .metrics import evaluate_model, infer_task
+from .model_code import CALL_TIME_ACTIVATION, GELU_CALL, code_findings, is_gelu_name
 from .modules import KGELU
 from .registry import (
     GELU_NAMES,
@@ -63,9 +60,12 @@ class SwappedSite:
 @dataclass
 class ReluReport:
     """What `relu_ize` did: the sites (in depth order), the config keys it rewrote (key → value
-    before), the kgelu settings it removed from the config (for the model card), and the GELUs
+    before), the kgelu settings it removed from the config (for the model card), the GELUs
     the ReLU model still computes (`remaining_gelu`: GELU modules no swap reached, and GELU
-    functions called in its modules' code; empty for a pure ReLU network)."""
+    functions called in its modules' code; empty for a pure ReLU network), and the λ-GELUs the
+    model built at every call from a config key (`call_time_kgelu`): never trained nor annealed,
+    they are not among `sites`, and the rewritten key turns them into ReLU without the bound's
+    guarantee."""
 
     model_class: str
     sites: list[SwappedSite]
@@ -74,6 +74,7 @@ class ReluReport:
     include_gelu: bool = False
     merged_peft: bool = False
     remaining_gelu: list[str] = field(default_factory=list)
+    call_time_kgelu: list[str] = field(default_factory=list)
 
     @property
     def lambdas(self) -> dict[str, float]:
@@ -123,57 +124,6 @@ def _swap_targets(model: nn.Module, include_gelu: bool) -> list[tuple[str, nn.Mo
     return targets
 
 
-def _is_gelu_name(name: str) -> bool:
-    return "gelu" in name.lower()
-
-
-def _gelu_callee(call: ast.Call) -> str | None:
-    """The GELU a call computes, if it visibly is one: `gelu(x)`, `F.gelu(x)`, `nn.functional.gelu(x)`,
-    `ACT2FN["gelu"](x)`, `get_activation("gelu_new")(x)`. Calls on `self` are submodules: found as modules."""
-    func = call.func
-    if isinstance(func, (ast.Name, ast.Attribute)) and getattr(func, "id", getattr(func, "attr", ""))[:1].isupper():
-        return None  # a class: building a GELU module (nn.GELU(), BloomGelu()), found as a module
-    if isinstance(func, ast.Name) and _is_gelu_name(func.id):
-        return func.id
-    if isinstance(func, ast.Attribute) and _is_gelu_name(func.attr):
-        root = func.value
-        while isinstance(root, ast.Attribute):
-            root = root.value
-        return None if isinstance(root, ast.Name) and root.id == "self" else ast.unparse(func)
-    if isinstance(func, ast.Subscript) and isinstance(func.slice, ast.Constant) and _is_gelu_name(str(func.slice.value)):
-        return ast.unparse(func)
-    if isinstance(func, ast.Call) and any(isinstance(a, ast.Constant) and _is_gelu_name(str(a.value)) for a in func.args):
-        return ast.unparse(func)
-    return None
-
-
-@functools.cache
-def _own_functional_gelus(klass: type) -> tuple[str, ...]:
-    """"functional <callee> in <Class>.<method>" for every GELU call in the methods `klass` defines."""
-    found = []
-    for attr, function in vars(klass).items():
-        if not inspect.isfunction(function):
-            continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-        except (OSError, TypeError, SyntaxError):
-            continue
-        callees = dict.fromkeys(c for node in ast.walk(tree) if isinstance(node, ast.Call) and (c := _gelu_callee(node)))
-        found += [f"functional {callee} in {klass.__name__}.{attr}" for callee in callees]
-    return tuple(found)
-
-
-def _functional_gelus(cls: type) -> list[str]:
-    """GELU calls in the methods of a module class and the model code it inherits (not torch's own
-    classes, not GELU modules: those are found as modules)."""
-    return [
-        entry
-        for klass in cls.__mro__
-        if klass.__module__.split(".")[0] not in ("torch", "builtins") and not _is_gelu_name(klass.__name__)
-        for entry in _own_functional_gelus(klass)
-    ]
-
-
 def remaining_gelus(model: nn.Module) -> list[str]:
     """The GELUs `model` still computes: GELU-family modules (including model-specific classes such as
     BLOOM's `BloomGelu`), as "<module name> (<Class>)", and GELU functions its modules' code calls
@@ -183,12 +133,36 @@ def remaining_gelus(model: nn.Module) -> list[str]:
         cls = _module_class(module)
         if isinstance(module, (KGELU, nn.ReLU)):
             continue
-        if isinstance(module, gelu_module_classes()) or _is_gelu_name(cls.__name__):
+        if isinstance(module, gelu_module_classes()) or is_gelu_name(cls.__name__):
             remaining.append(f"{name or '<model>'} ({cls.__name__})")
         elif cls not in seen_classes:
             seen_classes.add(cls)
-            remaining += [f"{entry} ({name or '<model>'})" for entry in _functional_gelus(cls)]
+            remaining += [
+                f"functional {f.expression} in {f.where} ({name or '<model>'})" for f in code_findings(cls) if f.kind == GELU_CALL
+            ]
     return remaining
+
+
+def call_time_kgelus(model: nn.Module) -> list[str]:
+    """λ-GELUs that `model` builds afresh at every call from a config key naming kgelu (Funnel's
+    discriminator head: `ACT2FN[self.config.hidden_act](x)` in forward), as
+    "<callee> in <Class>.<method> (<module name>)". Their θ is never trained nor annealed."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, PreTrainedConfig):
+        return []
+    kgelu_keys = {key for _, sub in _configs(config) for key in activation_config_keys(sub, (KGELU_NAME,))}
+    found, seen_classes = [], set()
+    for name, module in model.named_modules():
+        cls = _module_class(module)
+        if cls in seen_classes:
+            continue
+        seen_classes.add(cls)
+        found += [
+            f"{f.expression} in {f.where} ({name or '<model>'})"
+            for f in code_findings(cls)
+            if f.kind == CALL_TIME_ACTIVATION and f.config_key in kgelu_keys
+        ]
+    return found
 
 
 def _describe(name: str, module: nn.Module) -> SwappedSite:
@@ -377,6 +351,7 @@ def relu_ize(
     for name in [name for name, _ in targets]:
         parent_name, _, child_name = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child_name, nn.ReLU())
+    call_time = call_time_kgelus(model)  # read while the config still names kgelu
     changes, removed = {}, {}
     config = getattr(model, "config", None)
     if isinstance(config, PreTrainedConfig):
@@ -390,7 +365,13 @@ def relu_ize(
             "(report.remaining_gelu lists them all)",
             stacklevel=2,
         )
-    report = ReluReport(type(model).__name__, sites, changes, removed, include_gelu, merged, remaining)
+    if call_time:
+        warnings.warn(
+            f"the model builds λ-GELU afresh at every call at {'; '.join(call_time)}: its λ was never trained nor "
+            "annealed, so the swap to ReLU there is not covered by the bound (report.call_time_kgelu)",
+            stacklevel=2,
+        )
+    report = ReluReport(type(model).__name__, sites, changes, removed, include_gelu, merged, remaining, call_time)
     return model, report
 
 

@@ -15,6 +15,8 @@ from transformers import (
     BigBirdForMaskedLM,
     BloomConfig,
     BloomForCausalLM,
+    FunnelConfig,
+    FunnelForPreTraining,
     Llama4VisionConfig,
     Llama4VisionModel,
     MT5Config,
@@ -201,3 +203,17 @@ def test_a_model_holding_autograd_state_from_a_training_forward_can_be_relu_ized
     model(TEXT).logits.sum().backward()  # a training forward: the recurrent states now carry autograd history
     relu_model, report = relu_ize(model)
     assert len(report.sites) == len(find_sites(model)) == 3 and not find_sites(relu_model)
+
+
+def test_a_lambda_gelu_built_at_every_call_is_reported_as_outside_the_bound():
+    """Funnel's discriminator head runs `ACT2FN[self.config.hidden_act](x)` in forward: with "kgelu" a
+    fresh λ-GELU per call, never trained nor annealed and not among the sites. The config rewrite
+    turns it into ReLU all the same: the report must say so instead of claiming the bound."""
+    model = FunnelForPreTraining(FunnelConfig(vocab_size=50, block_sizes=[1, 1], d_model=32, n_head=2, d_head=16,
+                                              d_inner=64, hidden_act="kgelu"))
+    _, report, caught = _relu_ize_recording_warnings(model)
+    assert report.call_time_kgelu == [
+        "ACT2FN[self.config.hidden_act] in FunnelDiscriminatorPredictions.forward (discriminator_predictions)"]
+    assert any("afresh at every call" in message for message in caught)
+    _, report, _ = _relu_ize_recording_warnings(BertForMaskedLM(BertConfig(**ENCODER, hidden_act="kgelu")))
+    assert report.call_time_kgelu == []
