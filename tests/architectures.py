@@ -624,26 +624,34 @@ def _check_sites(model: PreTrainedModel, gelu_build: set[str]) -> list[str]:
     return sites
 
 
-def _forward_backward(model: PreTrainedModel, inputs: dict) -> int:
+def _forward_backward(model: PreTrainedModel, inputs: dict) -> tuple[int, int]:
     """θ gets a finite gradient through every site whose output reaches the outputs (a site may run
     for a branch the head does not use: CANINE's final character encoder under a pooled classifier).
-    Returns how many sites ran: a config may build sites that its forward never calls."""
+    Returns how many sites ran (a config may build sites its forward never calls) and how many
+    λ-GELUs ran that are no site (built at call time from the config: Funnel's discriminator head)."""
     sites = hf_kgelu.find_sites(model)
-    ran = set()
-    hooks = [site.register_forward_hook(lambda module, args, output, name=name: ran.add(name)) for name, site in sites]
+    site_ids = {id(site): name for name, site in sites}
+    ran, call_time = set(), []
+
+    def record(module, args, output):
+        if isinstance(module, hf_kgelu.KGELU) and id(module) in site_ids:
+            ran.add(site_ids[id(module)])
+        elif isinstance(module, hf_kgelu.KGELU):
+            call_time.append(module)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
     try:
         model.zero_grad(set_to_none=True)
         surrogate_loss(model(**inputs)).backward()
     finally:
-        for hook in hooks:
-            hook.remove()
+        hook.remove()
     grads = {name: site.theta.grad for name, site in sites if site.theta.grad is not None}
     if ran and not grads:
         raise AssertionError("no θ got a gradient: no λ-GELU site that ran reaches the outputs")
     for name, grad in grads.items():
         if not torch.isfinite(grad).all():
             raise AssertionError(f"θ at {name} got a non-finite gradient")
-    return len(ran)
+    return len(ran), len(call_time)
 
 
 def _first_line(error: Exception) -> str:
@@ -690,9 +698,11 @@ def run_one(arch: Architecture, workdir: Path) -> Row:
     folder = workdir / arch.model_type
     with _quiet():
         model.eval()
+        call_time = 0
         if sites:
             inputs = tiny_inputs(model)
-            if not _forward_backward(model, inputs):  # Voxtral Realtime builds an activation_fn it never calls
+            ran, call_time = _forward_backward(model, inputs)
+            if not ran:  # Voxtral Realtime builds an activation_fn it never calls
                 row.reason = f"its {len(sites)} λ-GELU site(s) did not run on the matrix's inputs (θ untrained, swapped all the same)"
             _train_two_steps(model, inputs, folder)
             model.eval()
@@ -710,6 +720,11 @@ def run_one(arch: Architecture, workdir: Path) -> Row:
     unreported = [n for n in gelu_build - set(sites) if not any(e.startswith(f"{n} (") for e in report.remaining_gelu)]
     if unreported:
         raise AssertionError(f"GELUs left in the ReLU model but not in report.remaining_gelu: {unreported[:3]}")
+    if call_time and not report.call_time_kgelu:
+        raise AssertionError(f"{call_time} λ-GELU(s) built at call time ran, but report.call_time_kgelu is empty")
+    if report.call_time_kgelu:
+        row.reason += "; " if row.reason else ""
+        row.reason += "λ-GELU built at every call, untrained, swapped outside the bound: " + "; ".join(report.call_time_kgelu[:2])
     if report.remaining_gelu:
         row.reason += "; " if row.reason else ""
         row.reason += f"keeps {len(report.remaining_gelu)} GELU(s) no config key reaches: " + "; ".join(report.remaining_gelu[:3])
