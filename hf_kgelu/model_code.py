@@ -89,7 +89,7 @@ def _own_findings(klass: type) -> tuple[CodeFinding, ...]:
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
                 continue
-            if lookup := _call_time_activation(node):
+            if (lookup := _call_time_activation(node)) and attr != "__init__":  # in __init__ it builds a kept module
                 found.append(CodeFinding(CALL_TIME_ACTIVATION, where, *lookup))
             elif callee := _gelu_callee(node):
                 found.append(CodeFinding(GELU_CALL, where, callee))

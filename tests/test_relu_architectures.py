@@ -23,6 +23,8 @@ from transformers import (
     MT5ForConditionalGeneration,
     OpenAIGPTConfig,
     OpenAIGPTLMHeadModel,
+    PatchTSTConfig,
+    PatchTSTModel,
     Pop2PianoConfig,
     Pop2PianoForConditionalGeneration,
     RecurrentGemmaConfig,
@@ -217,3 +219,9 @@ def test_a_lambda_gelu_built_at_every_call_is_reported_as_outside_the_bound():
     assert any("afresh at every call" in message for message in caught)
     _, report, _ = _relu_ize_recording_warnings(BertForMaskedLM(BertConfig(**ENCODER, hidden_act="kgelu")))
     assert report.call_time_kgelu == []
+    # PatchTST calls ACT2CLS[config.activation_function]() in __init__: that builds a module, a site
+    patchtst = PatchTSTModel(PatchTSTConfig(context_length=16, patch_length=4, patch_stride=4, num_input_channels=2,
+                                            d_model=32, num_attention_heads=2, num_hidden_layers=1, ffn_dim=64,
+                                            activation_function="kgelu"))
+    _, report, _ = _relu_ize_recording_warnings(patchtst)
+    assert report.call_time_kgelu == [] and len(report.sites) == 1
