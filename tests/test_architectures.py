@@ -5,8 +5,10 @@ steps, relu_ize, save_pretrained, reload by stock transformers in a process with
 equal outputs, no "kgelu" in config.json). `python tests/architectures.py --write` writes the
 same matrix to benchmarks/results/architectures.csv."""
 
+import warnings
+
 import pytest
-from architectures import run_matrix
+from architectures import run_matrix, stale_not_built
 
 # Kinds the matrix must keep covering (model type → class): audio, gated MLP, encoder-decoder,
 # vision and pre-training heads.
@@ -26,7 +28,10 @@ MUST_PASS = {
 
 @pytest.mark.slow
 def test_every_gelu_architecture_passes_or_is_refused_with_a_reason(tmp_path):
-    rows = {row.model_type: row for row in run_matrix(tmp_path)}
+    matrix = run_matrix(tmp_path)
+    if stale_not_built(matrix):  # another transformers version: the tiny build works now
+        warnings.warn(f"take these off NOT_BUILT in tests/architectures.py: {stale_not_built(matrix)}", stacklevel=1)
+    rows = {row.model_type: row for row in matrix}
     failed = [f"{r.model_type} ({r.model_class}): {r.reason}" for r in rows.values() if r.status == "failed"]
     assert not failed, "architectures neither passed nor refused with a reason:\n" + "\n".join(failed)
     assert all(r.reason for r in rows.values() if r.status in ("refused", "skipped"))
