@@ -506,6 +506,8 @@ def modality(model: PreTrainedModel) -> str:
         "input_values": "audio",
         "input_features": "audio",
         "past_values": "time series",
+        "pixel_values_videos": "video",
+        "inputs": "text",  # Perceiver's generic inputs: bytes, for its masked LM
     }.get(name, name)
 
 
