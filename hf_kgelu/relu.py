@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from .hardness import BOUNDS, target_lambda, tolerance_at
@@ -29,8 +31,10 @@ from .modeling.config import (
     KGELU_NAME,
     RELU_NAME,
     activation_config_keys,
+    renamed_activation,
 )
 from .modeling.convert import gelu_module_classes
+from .modeling.model_code import CALL_TIME_ACTIVATION, GELU_CALL, code_findings, is_gelu_name
 from .modeling.module import KGELU
 
 logger = logging.getLogger(__name__)
@@ -63,7 +67,12 @@ class SwappedSite:
 @dataclass
 class ReluReport:
     """What `relu_ize` did: the sites (in depth order), the config keys it rewrote (key → value
-    before), and the kgelu settings it removed from the config (for the model card)."""
+    before), the kgelu settings it removed from the config (for the model card), the GELUs
+    the ReLU model still computes (`remaining_gelu`: GELU modules no swap reached, and GELU
+    functions called in its modules' code; empty for a pure ReLU network), and the λ-GELUs the
+    model built at every call from a config key (`call_time_kgelu`): never trained nor annealed,
+    they are not among `sites`, and the rewritten key turns them into ReLU without the bound's
+    guarantee."""
 
     model_class: str
     sites: list[SwappedSite]
@@ -71,6 +80,8 @@ class ReluReport:
     kgelu_settings: dict[str, Any] = field(default_factory=dict)
     include_gelu: bool = False
     merged_peft: bool = False
+    remaining_gelu: list[str] = field(default_factory=list)
+    call_time_kgelu: list[str] = field(default_factory=list)
 
     @property
     def lambdas(self) -> dict[str, float]:
@@ -97,6 +108,20 @@ def _is_peft_wrapper(model: nn.Module) -> bool:
     return any(cls.__name__ == "PeftModel" and cls.__module__.startswith("peft") for cls in type(model).__mro__)
 
 
+def copy_model(model: nn.Module) -> nn.Module:
+    """`copy.deepcopy(model)`, also when a module holds a tensor computed with autograd (RecurrentGemma
+    keeps its recurrent and conv states as attributes after a training forward), which deepcopy refuses:
+    such a tensor is copied detached."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else (value,)
+            for item in values:
+                if isinstance(item, torch.Tensor) and not item.is_leaf:
+                    memo[id(item)] = item.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def _swap_targets(model: nn.Module, include_gelu: bool) -> list[tuple[str, nn.Module]]:
     """Every (name, module) to replace, in depth order; a module reachable under two names appears twice."""
     kinds = (KGELU, *gelu_module_classes()) if include_gelu else (KGELU,)
@@ -104,6 +129,47 @@ def _swap_targets(model: nn.Module, include_gelu: bool) -> list[tuple[str, nn.Mo
     if any(name == "" for name, _ in targets):
         raise ValueError("the model itself is an activation module: there is nothing to relu-ize around it")
     return targets
+
+
+def remaining_gelus(model: nn.Module) -> list[str]:
+    """The GELUs `model` still computes: GELU-family modules (including model-specific classes such as
+    BLOOM's `BloomGelu`), as "<module name> (<Class>)", and GELU functions its modules' code calls
+    (RoBERTa's LM head, Whisper's conv stem), as "functional gelu in <Class>.<method> (<module name>)"."""
+    remaining, seen_classes = [], set()
+    for name, module in model.named_modules():
+        cls = _module_class(module)
+        if isinstance(module, (KGELU, nn.ReLU)):
+            continue
+        if isinstance(module, gelu_module_classes()) or is_gelu_name(cls.__name__):
+            remaining.append(f"{name or '<model>'} ({cls.__name__})")
+        elif cls not in seen_classes:
+            seen_classes.add(cls)
+            remaining += [
+                f"functional {f.expression} in {f.where} ({name or '<model>'})" for f in code_findings(cls) if f.kind == GELU_CALL
+            ]
+    return remaining
+
+
+def call_time_kgelus(model: nn.Module) -> list[str]:
+    """λ-GELUs that `model` builds afresh at every call from a config key naming kgelu (Funnel's
+    discriminator head: `ACT2FN[self.config.hidden_act](x)` in forward), as
+    "<callee> in <Class>.<method> (<module name>)". Their θ is never trained nor annealed."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, PreTrainedConfig):
+        return []
+    kgelu_keys = {key for _, sub in _configs(config) for key in activation_config_keys(sub, (KGELU_NAME,))}
+    found, seen_classes = [], set()
+    for name, module in model.named_modules():
+        cls = _module_class(module)
+        if cls in seen_classes:
+            continue
+        seen_classes.add(cls)
+        found += [
+            f"{f.expression} in {f.where} ({name or '<model>'})"
+            for f in code_findings(cls)
+            if f.kind == CALL_TIME_ACTIVATION and f.config_key in kgelu_keys
+        ]
+    return found
 
 
 def _describe(name: str, module: nn.Module) -> SwappedSite:
@@ -133,7 +199,7 @@ def _rewrite_config(config: PreTrainedConfig, names: tuple[str, ...]) -> tuple[d
     for prefix, sub in _configs(config):
         for key in activation_config_keys(sub, names):
             changes[prefix + key] = getattr(sub, key)
-            setattr(sub, key, RELU_NAME)
+            setattr(sub, key, renamed_activation(getattr(sub, key), RELU_NAME))
         for key in [k for k in vars(sub) if k.startswith(KGELU_CONFIG_PREFIX)]:
             if key not in KGELU_INFO_KEYS:  # settings, for the card; not the loading note
                 removed[prefix + key] = getattr(sub, key)
@@ -141,19 +207,46 @@ def _rewrite_config(config: PreTrainedConfig, names: tuple[str, ...]) -> tuple[d
     return changes, removed
 
 
-def _check_rebuild(model: PreTrainedModel, swapped_names: set[str], config: PreTrainedConfig) -> None:
-    """Refuse unless `type(model)(config)` has, at every module name, the class the swap leaves there."""
+def _module_class(module: nn.Module) -> type:
+    """The class a module was built as. torch gives every parametrized instance (weight norm:
+    Wav2Vec2's positional conv) a class of its own, `Parametrized<Class>`, so two builds of the same
+    network never share it: compare the class underneath."""
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        cls = cls.__bases__[0]
+    return cls
+
+
+def _first_line(error: Exception) -> str:
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+
+
+def _meta_build(model: PreTrainedModel, config: PreTrainedConfig, which: str) -> dict[str, type]:
+    """The module class at every name of `type(model)(config)`, built on the meta device."""
     try:
         with torch.device("meta"):
-            rebuilt = type(model)(config)
+            built = type(model)(config)
     except Exception as error:
         raise ValueError(
             f"cannot check that the rewritten config rebuilds the ReLU network: building {type(model).__name__} "
-            f"from it failed ({type(error).__name__}: {error}). Refusing to produce a config that may not load."
+            f"from {which} failed ({type(error).__name__}: {_first_line(error)}); refusing to produce a config that may not load"
         ) from error
-    expected = {n: (nn.ReLU if n in swapped_names else type(m)) for n, m in model.named_modules(remove_duplicate=False)}
-    built = {n: type(m) for n, m in rebuilt.named_modules(remove_duplicate=False)}
+    return {n: _module_class(m) for n, m in built.named_modules(remove_duplicate=False)}
+
+
+def _check_rebuild(model: PreTrainedModel, swapped_names: set[str], config: PreTrainedConfig) -> None:
+    """Refuse unless `type(model)(config)` has, at every module name, the class the swap leaves there.
+
+    A module where the model already differs from a build of its own (unrewritten) config, and
+    the rewrite changes nothing, is no concern of the swap: the model switched it at run time
+    (BigBird replaces its block-sparse attention on short inputs) and switches it again after
+    loading."""
+    expected = {n: (nn.ReLU if n in swapped_names else _module_class(m)) for n, m in model.named_modules(remove_duplicate=False)}
+    built = _meta_build(model, config, "the rewritten config")
     differing = sorted(n for n in expected.keys() | built.keys() if expected.get(n) is not built.get(n))
+    if differing:
+        own = _meta_build(model, model.config, "its own config")
+        differing = [n for n in differing if n in swapped_names or own.get(n) is not built.get(n)]
     if not differing:
         return
     shown = [
@@ -163,8 +256,9 @@ def _check_rebuild(model: PreTrainedModel, swapped_names: set[str], config: PreT
     ]
     more = f"\n  … and {len(differing) - 12} more" if len(differing) > 12 else ""
     raise ValueError(
-        "refusing to relu-ize: the config cannot describe the network the swap would produce, so "
-        "from_pretrained would build a different model. Sites that differ:\n  " + "\n  ".join(shown) + more + "\n"
+        f"refusing to relu-ize {type(model).__name__}: its config cannot describe the network the swap would produce "
+        f"({len(differing)} module(s) differ, first {shown[0]}), so from_pretrained would build a different model.\n"
+        "Modules that differ:\n  " + "\n  ".join(shown) + more + "\n"
         "Make every activation that one config key controls the same kind (all λ-GELU, or pass include_gelu=True "
         "to swap plain GELUs too), and keep λ-GELU only at sites that a config activation key builds."
     )
@@ -206,6 +300,27 @@ def warn_far_from_relu(report: ReluReport) -> list[SwappedSite]:
     return far
 
 
+def _no_site_reason(model: nn.Module, include_gelu: bool) -> str:
+    kinds = "λ-GELU (KGELU) or GELU" if include_gelu else "λ-GELU (KGELU)"
+    config = getattr(model, "config", None)
+    named = [
+        prefix + key for prefix, sub in (_configs(config) if isinstance(config, PreTrainedConfig) else ())
+        for key in activation_config_keys(sub, (KGELU_NAME,))
+    ]
+    unreachable = remaining_gelus(model)
+    gelus = f"{'; '.join(unreachable[:3])}{'; …' if len(unreachable) > 3 else ''}"
+    if named:  # Pop2Piano's feed_forward_proj, Llama 4's vision hidden_act: keys the modeling code never reads
+        hint = f"its config names kgelu ({', '.join(named)}) but {type(model).__name__} builds no λ-GELU from it"
+        hint += f"; its GELUs are model code that no config key builds ({gelus})" if unreachable else ""
+    elif include_gelu and unreachable:
+        hint = f"its GELUs ({gelus}) are model code that no config activation key builds, so no swap can reach them"
+    elif _swap_targets(model, include_gelu=True):
+        hint = "pass include_gelu=True to swap its GELUs directly (the paper's baseline)"
+    else:
+        hint = 'build it with hidden_act="kgelu" (GPT-2: activation_function="kgelu") or convert it with hf_kgelu.convert_to_kgelu'
+    return f"{type(model).__name__} has no {kinds} activation site to swap for ReLU: {hint}"
+
+
 def relu_ize(
     model: nn.Module, *, inplace: bool = False, include_gelu: bool = False, merge_peft: bool = False
 ) -> tuple[nn.Module, ReluReport]:
@@ -217,7 +332,8 @@ def relu_ize(
     stock transformers loads without this package. θ leaves the state dict with its module.
     Raises ValueError, changing nothing, when the model has no site, is PEFT-wrapped (unless
     `merge_peft`), or holds activations that its config cannot describe. Warns when a λ-GELU site
-    is far from ReLU (`warn_far_from_relu`).
+    is far from ReLU (`warn_far_from_relu`). GELUs that no swap reaches (hard-coded modules, GELU
+    functions called in model code) stay: they are listed in `report.remaining_gelu`, with a warning.
     """
     relu_model, report = _swap_for_relu(model, inplace=inplace, include_gelu=include_gelu, merge_peft=merge_peft)
     warn_far_from_relu(report)
@@ -234,7 +350,7 @@ def _swap_for_relu(model: nn.Module, *, inplace: bool, include_gelu: bool, merge
                 "(model = model.merge_and_unload()), or call relu_ize(model, merge_peft=True) to do it here"
             )
         if not inplace:
-            model = copy.deepcopy(model)
+            model = copy_model(model)
         try:
             model = model.merge_and_unload()
         except AttributeError as error:
@@ -249,13 +365,7 @@ def _swap_for_relu(model: nn.Module, *, inplace: bool, include_gelu: bool, merge
 
     targets = _swap_targets(model, include_gelu)
     if not targets:
-        hint = (
-            "pass include_gelu=True (hf-kgelu relu-ize --include-gelu) to swap its GELUs directly (the paper's baseline)"
-            if _swap_targets(model, include_gelu=True)
-            else 'build it with hidden_act="kgelu" (GPT-2: activation_function="kgelu") or convert it with hf_kgelu.convert_to_kgelu'
-        )
-        kinds = "λ-GELU (KGELU) or GELU" if include_gelu else "λ-GELU (KGELU)"
-        raise ValueError(f"{type(model).__name__} has no {kinds} activation site to swap for ReLU: {hint}")
+        raise ValueError(_no_site_reason(model, include_gelu))
     swapped_names = {name for name, _ in targets}
     names = (KGELU_NAME, *GELU_NAMES) if include_gelu else (KGELU_NAME,)
 
@@ -273,16 +383,31 @@ def _swap_for_relu(model: nn.Module, *, inplace: bool, include_gelu: bool, merge
             sites.append(_describe(name, module))
 
     if not inplace:
-        model = copy.deepcopy(model)
+        model = copy_model(model)
     for name in [name for name, _ in targets]:
         parent_name, _, child_name = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child_name, nn.ReLU())
+    call_time = call_time_kgelus(model)  # read while the config still names kgelu
     changes, removed = {}, {}
     config = getattr(model, "config", None)
     if isinstance(config, PreTrainedConfig):
         changes, removed = _rewrite_config(config, names)
     _forget_theta_fp32(model, swapped_names)
-    report = ReluReport(type(model).__name__, sites, changes, removed, include_gelu, merged)
+    remaining = remaining_gelus(model)
+    if remaining:
+        shown = "; ".join(remaining[:4]) + (f"; … and {len(remaining) - 4} more" if len(remaining) > 4 else "")
+        warnings.warn(
+            f"the ReLU model still computes GELU where no swap reaches ({shown}): it is not a pure ReLU network "
+            "(report.remaining_gelu lists them all)",
+            stacklevel=2,
+        )
+    if call_time:
+        warnings.warn(
+            f"the model builds λ-GELU afresh at every call at {'; '.join(call_time)}: its λ was never trained nor "
+            "annealed, so the swap to ReLU there is not covered by the bound (report.call_time_kgelu)",
+            stacklevel=2,
+        )
+    report = ReluReport(type(model).__name__, sites, changes, removed, include_gelu, merged, remaining, call_time)
     return model, report
 
 
@@ -349,12 +474,12 @@ def substitution_report(
     copies: the passed models are never changed (not even their train/eval mode)."""
     task = task or infer_task(model)
     metric, higher_is_better = metric_of(task)
-    details = {"kgelu_before": evaluate_model(copy.deepcopy(model), eval_data, task, batch_size)}
+    details = {"kgelu_before": evaluate_model(copy_model(model), eval_data, task, batch_size)}
     relu_model, relu_report = _swap_for_relu(model, inplace=False, include_gelu=include_gelu)
     details["kgelu_after"] = evaluate_model(relu_model, eval_data, task, batch_size)
     del relu_model
     if gelu_baseline is not None:
-        details["gelu_before"] = evaluate_model(copy.deepcopy(gelu_baseline), eval_data, task, batch_size)
+        details["gelu_before"] = evaluate_model(copy_model(gelu_baseline), eval_data, task, batch_size)
         gelu_relu, _ = _swap_for_relu(gelu_baseline, inplace=False, include_gelu=True)
         details["gelu_after"] = evaluate_model(gelu_relu, eval_data, task, batch_size)
         del gelu_relu

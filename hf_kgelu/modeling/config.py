@@ -34,17 +34,33 @@ RELU_NAME = "relu"
 ACTIVATIONS = ("gelu", "relu", KGELU_NAME)
 
 
+GATED_PREFIX = "gated-"  # T5-style `feed_forward_proj="gated-gelu"`: a gated MLP with that activation
+
+
 def activation_config_keys(config, names=None) -> list[str]:
     """Config attributes that name an activation (e.g. `hidden_act`, `activation_function`).
 
-    With `names`, only those whose value is one of them.
+    With `names`, every string attribute whose value is one of them, plain or gated (T5's
+    `feed_forward_proj="gated-gelu"`), whatever the key is called: OpenAI GPT's `afn` and T5's
+    `feed_forward_proj` have no "act" in their names. Without `names`, only keys containing "act"
+    whose value is a registered activation (an unknown key holding e.g. "linear" is no activation).
     """
     known = set(hf_activations.ACT2CLS) | {KGELU_NAME}
     keys = []
     for key, value in config.to_dict().items():
-        if isinstance(value, str) and "act" in key and value in known and (names is None or value in names):
+        if not isinstance(value, str):
+            continue
+        if names is not None:
+            if value in names or (value.startswith(GATED_PREFIX) and value[len(GATED_PREFIX):] in names):
+                keys.append(key)
+        elif "act" in key and value in known:
             keys.append(key)
     return keys
+
+
+def renamed_activation(value: str, name: str) -> str:
+    """`value` (an activation key's value) naming `name` instead, keeping a "gated-" prefix."""
+    return GATED_PREFIX + name if value.startswith(GATED_PREFIX) else name
 
 
 def setting(config, name, default):
@@ -117,7 +133,7 @@ def kgelu_config(
         raise ValueError(f"{type(config).__name__} names no GELU activation to turn into λ-GELU")
     init_lambdas(2, init, lambda_init, lambda_range)  # validates the settings now, not at build time
     for key in keys:
-        setattr(config, key, KGELU_NAME)
+        setattr(config, key, renamed_activation(getattr(config, key), KGELU_NAME))
     config.kgelu_init, config.kgelu_lambda_init = init, float(lambda_init)
     config.kgelu_lambda_range = [float(v) for v in lambda_range]
     config.kgelu_per_channel = per_channel  # checked below: a string "false" must not turn it on
@@ -145,11 +161,11 @@ def with_activation(config, activation: str, **kgelu_settings):
     if activation == KGELU_NAME:
         config = copy.deepcopy(config)
         for key in keys:  # kgelu_config converts GELU-family keys only
-            setattr(config, key, "gelu")
+            setattr(config, key, renamed_activation(getattr(config, key), "gelu"))
         return kgelu_config(config, **kgelu_settings)
     config = copy.deepcopy(config)
     for key in keys:
-        setattr(config, key, activation)
+        setattr(config, key, renamed_activation(getattr(config, key), activation))
     for key in [k for k in vars(config) if k.startswith("kgelu_")]:
         delattr(config, key)
     return config
