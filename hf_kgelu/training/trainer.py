@@ -10,7 +10,8 @@ whose activations are λ-GELU (`hidden_act="kgelu"`, or a GELU model passed thro
   schedulers keep the θ/weight ratio;
 - adds the callbacks: the λ schedule (`KGeluHardnessCallback`: learn θ until the switch, then
   freeze it and anneal λ to λ*), the trajectory file (`KGeluHistoryCallback`) and the
-  multi-process checks (`KGeluDistributedCallback`); the `kgelu/*` values join every training log;
+  multi-process checks (`KGeluDistributedCallback`); the `kgelu/*` values join every training log,
+  so every `report_to` tracker receives them (as `train/kgelu/...`);
 - resumes exactly: the schedule's state lives in every checkpoint's `trainer_state.json`.
 """
 
@@ -75,6 +76,7 @@ class KGeluTrainer(Trainer):
             if not any(isinstance(cb, kind) or cb is kind for cb in callbacks):
                 callbacks.append(kind())
         self._hardness_log = HardnessLog()
+        callbacks.append(self._hardness_log)
         self._kgelu_resume_dir: str | None = None
         super().__init__(model, args, *positional, callbacks=callbacks, **kwargs)
 
