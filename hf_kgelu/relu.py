@@ -21,7 +21,7 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from .hardness import BOUNDS, tolerance_at
-from .metrics import evaluate_model, infer_task, metric_of
+from .metrics import evaluate_model, infer_task, load_metric
 from .modeling.config import GELU_NAMES, KGELU_NAME, RELU_NAME, activation_config_keys
 from .modeling.convert import gelu_module_classes
 from .modeling.module import KGELU
@@ -301,20 +301,30 @@ def substitution_report(
     task: str | None = None,
     batch_size: int = 32,
     include_gelu: bool = False,
+    metric=None,
 ) -> SubstitutionReport:
     """Evaluate `model` (λ-GELU) before and after `relu_ize` (with `include_gelu` passed on), and
     `gelu_baseline` before and after its direct GELU → ReLU swap, on the same data. Works on
-    copies: the passed models are never changed (not even their train/eval mode)."""
+    copies: the passed models are never changed (not even their train/eval mode).
+
+    `metric`: None for the task's exact built-in accuracy / perplexity, or a name ("accuracy",
+    "perplexity", an `evaluate` metric), a path to a local metric script or folder, an `evaluate`
+    module or a `hf_kgelu.metrics.Metric` (see `hf_kgelu.metrics.load_metric`, offline first)."""
     task = task or infer_task(model)
-    metric, higher_is_better = metric_of(task)
-    details = {"kgelu_before": evaluate_model(copy.deepcopy(model), eval_data, task, batch_size)}
+    chosen = load_metric(metric, task)
+    metric, higher_is_better = chosen.name, chosen.higher_is_better
+
+    def measure(candidate: nn.Module) -> dict[str, float]:
+        return evaluate_model(candidate, eval_data, task, batch_size, metric=chosen)
+
+    details = {"kgelu_before": measure(copy.deepcopy(model))}
     relu_model, relu_report = relu_ize(model, inplace=False, include_gelu=include_gelu)
-    details["kgelu_after"] = evaluate_model(relu_model, eval_data, task, batch_size)
+    details["kgelu_after"] = measure(relu_model)
     del relu_model
     if gelu_baseline is not None:
-        details["gelu_before"] = evaluate_model(copy.deepcopy(gelu_baseline), eval_data, task, batch_size)
+        details["gelu_before"] = measure(copy.deepcopy(gelu_baseline))
         gelu_relu, _ = relu_ize(gelu_baseline, inplace=False, include_gelu=True)
-        details["gelu_after"] = evaluate_model(gelu_relu, eval_data, task, batch_size)
+        details["gelu_after"] = measure(gelu_relu)
         del gelu_relu
     value = {key: result[metric] for key, result in details.items()}
     return SubstitutionReport(

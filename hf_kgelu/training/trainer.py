@@ -12,6 +12,8 @@ whose activations are λ-GELU (`hidden_act="kgelu"`, or a GELU model passed thro
   freeze it and anneal λ to λ*), the trajectory file (`KGeluHistoryCallback`) and the
   multi-process checks (`KGeluDistributedCallback`); the `kgelu/*` values join every training log,
   so every `report_to` tracker receives them (as `train/kgelu/...`);
+- takes an `evaluate` module as `compute_metrics` (fed with predicted ids, see
+  `hf_kgelu.metrics.as_trainer_metrics`);
 - resumes exactly: the schedule's state lives in every checkpoint's `trainer_state.json`.
 """
 
@@ -27,6 +29,7 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..metrics import Metric, as_trainer_metrics, infer_task, is_evaluate_module
 from ..modeling.sites import find_sites, trained_sites
 from .annealing import KGeluHardnessCallback
 from .arguments import KGeluTrainingArguments
@@ -52,11 +55,28 @@ def _keep_ddp_working_when_theta_freezes(model, args: KGeluTrainingArguments) ->
         logger.info("ddp_find_unused_parameters=True: θ freezes at the anneal start and DDP must not wait for its gradient")
 
 
+def _adapt_compute_metrics(model, kwargs: dict) -> None:
+    """An `evaluate` module (or `Metric`) given as `compute_metrics` becomes the Trainer's callable."""
+    metric = kwargs.get("compute_metrics")
+    if not (is_evaluate_module(metric) or isinstance(metric, Metric)):
+        return
+    try:
+        task = infer_task(model) if model is not None else None
+    except ValueError:
+        task = None  # unknown head: ids compared position by position, no shift
+    adapted = as_trainer_metrics(metric, task)
+    kwargs["compute_metrics"] = adapted["compute_metrics"]
+    if kwargs.get("preprocess_logits_for_metrics") is None:
+        kwargs["preprocess_logits_for_metrics"] = adapted["preprocess_logits_for_metrics"]
+
+
 class KGeluTrainer(Trainer):
     """`Trainer` for λ-GELU models: θ optimizer group, annealing, hardness logging, exact resume.
 
     Takes the same arguments as `Trainer`; `args` must be `KGeluTrainingArguments`. The model
-    (or the one `model_init` builds) must have λ-GELU sites.
+    (or the one `model_init` builds) must have λ-GELU sites. `compute_metrics` may also be an
+    `evaluate` module (or a `hf_kgelu.metrics.Metric`): it gets predicted and true class ids, or
+    next-token ids for a causal LM, label -100 left out.
     """
 
     def __init__(self, model=None, args: KGeluTrainingArguments | None = None, *positional, callbacks=None, **kwargs):
@@ -78,6 +98,7 @@ class KGeluTrainer(Trainer):
         self._hardness_log = HardnessLog()
         callbacks.append(self._hardness_log)
         self._kgelu_resume_dir: str | None = None
+        _adapt_compute_metrics(model, kwargs)
         super().__init__(model, args, *positional, callbacks=callbacks, **kwargs)
 
     def call_model_init(self, trial=None):
@@ -203,14 +224,16 @@ class KGeluTrainer(Trainer):
                 model(**inputs)
 
     # ---- substitution
-    def evaluate_substitution(self, eval_dataset=None, task: str | None = None, gelu_baseline: nn.Module | None = None):
+    def evaluate_substitution(self, eval_dataset=None, task: str | None = None, gelu_baseline: nn.Module | None = None,
+                              metric=None):
         """The eval metric of the current model (after `train()` with `load_best_model_at_end`: the best
         one) with its λ-GELU activations and after swapping every λ-GELU for ReLU, on copies: the trained
         model is not touched. A PEFT model is merged on a copy first.
 
         Returns `hf_kgelu.relu.SubstitutionReport` (accuracy for classification, perplexity for language
-        models, computed offline; `.as_markdown()`, `.to_dict()`). `eval_dataset` defaults to the
-        trainer's; it is batched by the trainer's own collator, as `evaluate()` sees it.
+        models, computed offline, or `metric`: see `hf_kgelu.metrics.load_metric`; `.as_markdown()`,
+        `.to_dict()`). `eval_dataset` defaults to the trainer's; it is batched by the trainer's own
+        collator, as `evaluate()` sees it.
         """
         from ..relu import substitution_report
 
@@ -225,4 +248,4 @@ class KGeluTrainer(Trainer):
             model = copy.deepcopy(model).merge_and_unload()
         if not isinstance(data, dict):
             data = self.get_eval_dataloader(data)
-        return substitution_report(model, data, gelu_baseline=gelu_baseline, task=task)
+        return substitution_report(model, data, gelu_baseline=gelu_baseline, task=task, metric=metric)
