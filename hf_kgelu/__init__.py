@@ -30,7 +30,7 @@ _LAZY = {
     "KGeluTrainer": "training",
     "KGeluTrainingArguments": "training",
     "relu_ize": "relu",
-    "substitution_report": "relu",
+    "substitution_report": "substitution",
     "convert_gelu_to_relu": "conversion",
     "ConversionConfig": "conversion",
     "relu_ize_checkpoint": "checkpoint",

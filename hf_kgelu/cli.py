@@ -11,6 +11,13 @@ import os
 import sys
 
 TASKS = ("classification", "causal_lm", "masked_lm")
+# --metric of relu-ize and of the scripts (hf_kgelu.metrics.load_metric reads it)
+METRIC_HELP = (
+    "metric to report: accuracy or perplexity (exact, built in), the name of a Hugging Face `evaluate` metric "
+    "(from evaluate's cache, else the Hub unless HF_HUB_OFFLINE=1; 'accuracy' falls back to the built-in one "
+    "with a one-line note), or a path to a local evaluate metric script or its folder (default: accuracy for "
+    "classification, perplexity for language models)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,6 +148,7 @@ def _add_relu_ize(subparsers) -> None:
     parser.add_argument("--include-gelu", action="store_true", help="also swap plain GELU activations (the direct-swap baseline)")
     _add_eval_options(parser, "evaluate before/after the swap on this")
     parser.add_argument("--task", choices=TASKS, help="metric to report (default: from the model)")
+    parser.add_argument("--metric", help=METRIC_HELP)
     parser.add_argument("--batch-size", type=positive_int, default=32, help="evaluation batch size (default 32)")
     parser.add_argument("--gelu-baseline", help="GELU checkpoint to evaluate before/after its direct swap (the paper's Table II row)")
     _add_card_options(parser)
@@ -155,7 +163,7 @@ def _run_relu_ize(args) -> int:
     published = relu_ize_checkpoint(
         args.checkpoint, args.output_dir, evaluation=_eval_data(args), gelu_baseline=args.gelu_baseline,
         include_gelu=args.include_gelu, task=args.task, batch_size=args.batch_size, details=_card(args),
-        plot_file=args.plot, hub=_hub(args), overwrite=args.overwrite, log=print,
+        plot_file=args.plot, hub=_hub(args), overwrite=args.overwrite, log=print, metric=args.metric,
     )
     print(f"ReLU model written to {published.folder}" + (f" and pushed to {published.url}" if published.url else ""))
     return 0

@@ -1,22 +1,34 @@
-"""Every evaluation metric in one place (offline, no Hub): accuracy, perplexity, `evaluate_model`,
-the classification loss, the sentence-embedding cosine, and the Trainer's `compute_metrics`.
+"""Every evaluation metric in one place: accuracy, perplexity, `evaluate_model`, the classification
+loss, the sentence-embedding cosine, the Trainer's `compute_metrics`, and `load_metric`, the one
+door to Hugging Face `evaluate` metrics.
 
 `evaluate_model` runs a model over batches of dicts whose keys are the model's inputs
 (`pixel_values`, `input_ids`, `attention_mask`, `token_type_ids`) plus `labels` (or `label`),
 and returns {"accuracy": ...} for classification or {"perplexity": ..., "loss": ...} for
 language models. The LM loss is the mean next-token negative log-likelihood over every
 predicted token of the whole data set (not a mean of batch means).
+
+`metric=` (here, in `substitution_report`, the scripts' `--metric`) takes a name, a path or an
+`evaluate` module; `load_metric` says how each is found, offline first. Without it the exact
+built-in accuracy / perplexity are used, and `evaluate` is not even imported.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 TASKS = ("classification", "causal_lm", "masked_lm")
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "pixel_values")
@@ -101,6 +113,145 @@ def infer_task(model: nn.Module) -> str:
     )
 
 
+# Metrics through `evaluate`, offline first
+
+
+# Outputs whose words say lower is better; every other metric is taken as higher-is-better.
+_LOWER_IS_BETTER = {"loss", "perplexity", "error", "wer", "cer", "mse", "mae", "rmse"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The metric `evaluate_model`, `substitution_report` and the Trainer report.
+
+    `module=None` is hf_kgelu's exact built-in accuracy or perplexity. Otherwise `module` is an
+    `evaluate` EvaluationModule or CombinedEvaluations, fed with predicted and true ids: class ids
+    for classification, next-token ids for language models, label -100 left out. `name` is the
+    key of its output that is reported (its only output when the module's name is not a key).
+    Build one directly to say `higher_is_better` or the reported key of an unusual module."""
+
+    name: str
+    higher_is_better: bool
+    module: Any = None
+    source: str = "built-in"
+
+    def add_batch(self, predictions: torch.Tensor, references: torch.Tensor) -> None:
+        self.module.add_batch(predictions=predictions.cpu().numpy(), references=references.cpu().numpy())
+
+    def compute(self, **pairs) -> dict[str, float]:
+        """The module's results as floats (from the added batches, or from `predictions=`/`references=`)."""
+        results = {key: float(value) for key, value in self.module.compute(**pairs).items() if _is_number(value)}
+        if self.name not in results:
+            if len(results) != 1:
+                raise ValueError(f"the metric {self.name!r} returned {sorted(results)}: pick the key to report with "
+                                 "hf_kgelu.metrics.Metric(name=KEY, higher_is_better=..., module=...)")
+            results[self.name] = next(iter(results.values()))
+        return results
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def is_evaluate_module(obj) -> bool:
+    """Whether `obj` is an `evaluate` EvaluationModule or CombinedEvaluations (without importing evaluate)."""
+    evaluate = sys.modules.get("evaluate")
+    return evaluate is not None and isinstance(obj, (evaluate.EvaluationModule, evaluate.CombinedEvaluations))
+
+
+def _module_metric(module, source: str) -> Metric:
+    modules = getattr(module, "evaluation_modules", [module])
+    name = modules[0].name
+    higher = not any(word in _LOWER_IS_BETTER for word in name.lower().replace("-", "_").split("_"))
+    return Metric(name, higher, module, source)
+
+
+@contextlib.contextmanager
+def _evaluate_switches(evaluate, offline: bool):
+    """evaluate reads its switches once, at import, and ignores HF_HUB_OFFLINE: for one load, no
+    download-count ping (three 10 s requests), and with `offline` no network at all."""
+    config = evaluate.config
+    before = config.HF_EVALUATE_OFFLINE, config.HF_UPDATE_DOWNLOAD_COUNTS
+    config.HF_EVALUATE_OFFLINE, config.HF_UPDATE_DOWNLOAD_COUNTS = before[0] or offline, False
+    try:
+        yield
+    finally:
+        config.HF_EVALUATE_OFFLINE, config.HF_UPDATE_DOWNLOAD_COUNTS = before
+
+
+def _load_by_name(name: str) -> tuple[Any, str]:
+    """(module, where it came from) or (None, why not): evaluate's cache first (no network), then the
+    Hub unless it is offline (one request; a network that swallows it costs evaluate's 100 s timeout)."""
+    import evaluate
+    from huggingface_hub import constants
+
+    def load(offline: bool):
+        with _evaluate_switches(evaluate, offline):
+            return evaluate.load(name, module_type="metric", keep_in_memory=True)
+
+    try:
+        return load(offline=True), "evaluate cache"
+    except (FileNotFoundError, ConnectionError):
+        reason = "not in evaluate's cache"
+    except ImportError as error:  # cached, but the script needs a package that is missing
+        reason = f"cached, but {type(error).__name__}: {error}"
+    if constants.HF_HUB_OFFLINE or evaluate.config.HF_EVALUATE_OFFLINE:
+        return None, f"{reason}, and the Hub is offline (HF_HUB_OFFLINE)"
+    try:
+        return load(offline=False), "the Hub"
+    except (FileNotFoundError, ConnectionError, ImportError) as error:
+        return None, f"{reason}, and the Hub did not serve it ({type(error).__name__})"
+
+
+def load_metric(metric=None, task: str | None = None) -> Metric:
+    """The `Metric` for `metric`, offline first:
+
+    - None: the task's exact built-in metric (accuracy, or perplexity for language models);
+    - a `Metric`, or an `evaluate` module (EvaluationModule, CombinedEvaluations): used as given;
+    - a path to a metric script or to a folder holding `<folder name>.py`: loaded from there;
+    - "perplexity": always the built-in (evaluate's perplexity scores a Hub model by id, not this one);
+    - any other name ("accuracy", "f1", "owner/metric"): evaluate's cache, then the Hub unless it is
+      offline. "accuracy" falls back to the built-in one with a one-line note; others raise ValueError.
+    """
+    if isinstance(metric, Metric):
+        return metric
+    if metric is None:
+        return Metric(*metric_of(task or "classification"))
+    if is_evaluate_module(metric):
+        return _module_metric(metric, "module")
+    if not isinstance(metric, (str, os.PathLike)):
+        raise TypeError(f"metric must be a name, a path or an evaluate module, got {type(metric).__name__}")
+    spec = os.fspath(metric)
+    if os.path.exists(spec):
+        import evaluate
+
+        return _module_metric(evaluate.load(spec, keep_in_memory=True), f"local module {spec}")
+    if spec == "perplexity":
+        return Metric("perplexity", False)
+    module, where = _load_by_name(spec)
+    if module is not None:
+        return _module_metric(module, where)
+    if spec == "accuracy":
+        logger.warning("evaluate's 'accuracy' cannot be fetched (%s): using hf_kgelu's built-in exact accuracy", where)
+        return Metric("accuracy", True)
+    raise ValueError(f"cannot load the metric {spec!r}: {where}. Give a path to a local evaluate metric script (or its "
+                     "folder), run once online to cache it, or use accuracy / perplexity (built in)")
+
+
+def _predicted_pairs(predicted: torch.Tensor, labels: torch.Tensor, task: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted and true ids, flat, labels -100 left out; for a causal LM, position t predicts token t + 1."""
+    if task == "causal_lm":
+        predicted, labels = predicted[..., :-1], labels[..., 1:]
+    if predicted.shape != labels.shape:
+        raise ValueError(f"predictions {tuple(predicted.shape)} and labels {tuple(labels.shape)} do not match")
+    keep = labels != IGNORE_INDEX
+    return predicted[keep], labels[keep]
+
+
 def _collate_column(key: str, column) -> torch.Tensor:
     if isinstance(column, torch.Tensor):
         return column
@@ -149,16 +300,23 @@ def _labels(batch: Mapping) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, data, task: str | None = None, batch_size: int = 32) -> dict[str, float]:
+def evaluate_model(model: nn.Module, data, task: str | None = None, batch_size: int = 32, metric=None) -> dict[str, float]:
     """Run `model` over `data` and return {"accuracy"} (classification) or {"perplexity", "loss"}
     (causal_lm / masked_lm). The model's train/eval mode is restored afterwards.
 
     Causal LM without labels uses `input_ids` (padding masked out by `attention_mask`) and
     scores each token from the ones before it; masked LM needs `labels` (-100 = not scored).
+    `metric` (see `load_metric`: a name, a path, an `evaluate` module) adds its results: it gets
+    the predicted and true class ids, or next-token ids for a language model ("accuracy" there is
+    next-token accuracy).
     """
     task = task or infer_task(model)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: choose one of {', '.join(TASKS)}")
+    metric = load_metric(metric, task)
+    if metric.module is None and metric.name == "perplexity" and task == "classification":
+        raise ValueError("perplexity needs a language model: a classifier reports accuracy (or pass an evaluate metric)")
+    count_correct = metric.module is None and metric.name == "accuracy"
     device, dtype = _model_device(model), _model_dtype(model)
     was_training = model.training
     model.eval()
@@ -172,22 +330,23 @@ def evaluate_model(model: nn.Module, data, task: str | None = None, batch_size: 
                 raise ValueError(f"a batch has none of the model input keys {MODEL_INPUT_KEYS}; its keys: {sorted(batch)}")
             labels = _labels(batch)
             logits = model(**inputs).logits.float()
-            if task == "classification":
-                if labels is None:
-                    raise ValueError("classification data needs a `labels` (or `label`) column")
-                labels = labels.to(device)
-                predicted = logits.argmax(-1)
-                keep = labels != IGNORE_INDEX
-                correct += int((predicted[keep] == labels[keep]).sum())
-                examples += int(keep.sum())
-                continue
-            if labels is None:
+            if task == "classification" and labels is None:
+                raise ValueError("classification data needs a `labels` (or `label`) column")
+            if task != "classification" and labels is None:
                 if task == "masked_lm":
                     raise ValueError("masked-LM data needs `labels` (the masked tokens, -100 elsewhere)")
                 labels = inputs["input_ids"].clone()
                 if "attention_mask" in inputs:
                     labels[inputs["attention_mask"] == 0] = IGNORE_INDEX
             labels = labels.to(device)
+            if count_correct or metric.module is not None:
+                predicted, references = _predicted_pairs(logits.argmax(-1), labels, task)
+                correct += int((predicted == references).sum())
+                examples += references.numel()
+                if metric.module is not None:
+                    metric.add_batch(predicted, references)
+            if task == "classification":
+                continue
             if task == "causal_lm":  # token t is predicted from tokens < t
                 logits, labels = logits[..., :-1, :], labels[..., 1:]
             nll_sum += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
@@ -195,14 +354,19 @@ def evaluate_model(model: nn.Module, data, task: str | None = None, batch_size: 
             tokens += int((labels != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
-    if task == "classification":
+    results: dict[str, float] = {}
+    if count_correct:
         if examples == 0:
             raise ValueError("no labelled examples to evaluate")
-        return {"accuracy": correct / examples}
-    if tokens == 0:
-        raise ValueError("no tokens to score: every label is -100 or the sequences are one token long")
-    loss = nll_sum / tokens
-    return {"perplexity": perplexity(loss), "loss": loss}
+        results["accuracy"] = correct / examples
+    if task != "classification":
+        if tokens == 0:
+            raise ValueError("no tokens to score: every label is -100 or the sequences are one token long")
+        loss = nll_sum / tokens
+        results.update(perplexity=perplexity(loss), loss=loss)
+    if metric.module is not None:
+        results.update(metric.compute())
+    return results
 
 
 @torch.no_grad()
@@ -281,10 +445,42 @@ def _perplexity_metrics(eval_pred) -> dict[str, float]:
     return {"perplexity": perplexity(loss), "token_loss": loss}
 
 
-def trainer_metrics(task: str) -> tuple[dict, str, bool]:
-    """(Trainer kwargs computing the task's metric, the metric name, whether higher is better)."""
+class PredictionMetrics:
+    """The Trainer's `compute_metrics` for a `Metric` on predicted ids (logits are argmax-ed first):
+    class ids, or next-token ids for a causal LM (`task="causal_lm"` shifts by one token)."""
+
+    def __init__(self, metric: Metric, task: str | None):
+        self.metric, self.task = metric, task
+
+    def __call__(self, eval_pred) -> dict[str, float]:
+        predicted, labels = torch.as_tensor(eval_pred.predictions), torch.as_tensor(eval_pred.label_ids)
+        if predicted.is_floating_point() and predicted.dim() == labels.dim() + 1:
+            predicted = predicted.argmax(-1)
+        predicted, references = _predicted_pairs(predicted, labels, self.task)
+        if self.metric.module is None:
+            return {self.metric.name: accuracy(predicted, references)}
+        return self.metric.compute(predictions=predicted.numpy(), references=references.numpy())
+
+
+def as_trainer_metrics(metric, task: str | None) -> dict:
+    """`compute_metrics` and `preprocess_logits_for_metrics` for a Trainer computing `metric` (an
+    `evaluate` module, a `Metric`, a name or a path: see `load_metric`) on predicted ids, so the
+    evaluation loop gathers ids, not logits. `KGeluTrainer` applies it to an `evaluate` module given
+    as `compute_metrics`; pass it to a stock `Trainer` yourself."""
+    metric = load_metric(metric, task)
+    if metric.module is None and metric.name == "perplexity":
+        raise ValueError("perplexity is not computed from predicted ids: use hf_kgelu.metrics.trainer_metrics('causal_lm')")
+    return {"compute_metrics": PredictionMetrics(metric, task), "preprocess_logits_for_metrics": _argmax_logits}
+
+
+def trainer_metrics(task: str, metric=None) -> tuple[dict, str, bool]:
+    """(Trainer kwargs computing the metric, the metric name, whether higher is better): the task's
+    exact built-in one by default (perplexity from summed token NLLs), else `metric` (`load_metric`)."""
+    if task not in ("classification", "causal_lm"):
+        raise ValueError(f"the pipeline handles classification and causal_lm, not {task!r}")
+    metric = load_metric(metric, task)
+    if metric.module is not None or metric.name != metric_of(task)[0]:
+        return as_trainer_metrics(metric, task), metric.name, metric.higher_is_better
     if task == "classification":
         return {"compute_metrics": _accuracy_metrics, "preprocess_logits_for_metrics": _argmax_logits}, "accuracy", True
-    if task == "causal_lm":
-        return {"compute_metrics": _perplexity_metrics, "preprocess_logits_for_metrics": _token_nll}, "perplexity", False
-    raise ValueError(f"the pipeline handles classification and causal_lm, not {task!r}")
+    return {"compute_metrics": _perplexity_metrics, "preprocess_logits_for_metrics": _token_nll}, "perplexity", False

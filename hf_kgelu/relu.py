@@ -1,6 +1,6 @@
 """`relu_ize`: swap every λ-GELU site (and, on request, every GELU) for `nn.ReLU`, rewrite the
-config so that stock transformers rebuilds exactly that network, and report what was swapped.
-`substitution_report`: the eval metric before and after the swap (the paper's Table II row).
+config so that stock transformers rebuilds exactly that network, and report what was swapped
+(the metric before and after the swap is `hf_kgelu.substitution`'s).
 
 Why a rebuild check: the saved artefact is a config plus weights. If the model holds
 activations that one config key cannot describe (mixed activations, a site no key controls),
@@ -24,7 +24,6 @@ from torch.nn.utils import parametrize
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from .hardness import BOUNDS, target_lambda, tolerance_at
-from .metrics import evaluate_model, infer_task, metric_of
 from .modeling.config import (
     GELU_NAMES,
     KGELU_INFO_KEYS,
@@ -335,12 +334,12 @@ def relu_ize(
     is far from ReLU (`warn_far_from_relu`). GELUs that no swap reaches (hard-coded modules, GELU
     functions called in model code) stay: they are listed in `report.remaining_gelu`, with a warning.
     """
-    relu_model, report = _swap_for_relu(model, inplace=inplace, include_gelu=include_gelu, merge_peft=merge_peft)
+    relu_model, report = relu_ize_quietly(model, inplace=inplace, include_gelu=include_gelu, merge_peft=merge_peft)
     warn_far_from_relu(report)
     return relu_model, report
 
 
-def _swap_for_relu(model: nn.Module, *, inplace: bool, include_gelu: bool, merge_peft: bool = False):
+def relu_ize_quietly(model: nn.Module, *, inplace: bool, include_gelu: bool, merge_peft: bool = False):
     """`relu_ize` without the warning (`substitution_report` measures what the swap costs instead)."""
     merged = False
     if _is_peft_wrapper(model):
@@ -409,89 +408,3 @@ def _swap_for_relu(model: nn.Module, *, inplace: bool, include_gelu: bool, merge
         )
     report = ReluReport(type(model).__name__, sites, changes, removed, include_gelu, merged, remaining, call_time)
     return model, report
-
-
-@dataclass
-class SubstitutionReport:
-    """The eval metric before and after the ReLU swap on the same data: λ-GELU model, and the
-    GELU baseline's direct swap when one was given (the paper's Table II row)."""
-
-    task: str
-    metric: str
-    higher_is_better: bool
-    kgelu_before: float
-    kgelu_after: float
-    gelu_before: float | None = None
-    gelu_after: float | None = None
-    details: dict[str, dict[str, float]] = field(default_factory=dict)
-    relu_report: ReluReport | None = None
-
-    @property
-    def kgelu_change(self) -> float:
-        return self.kgelu_after - self.kgelu_before
-
-    @property
-    def gelu_change(self) -> float | None:
-        return None if self.gelu_before is None else self.gelu_after - self.gelu_before
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["kgelu_change"], out["gelu_change"] = self.kgelu_change, self.gelu_change
-        return out
-
-    @property
-    def swapped(self) -> str:
-        """What the swap replaced: "λ-GELU", or "GELU" for a direct swap of a GELU model."""
-        sites = self.relu_report.sites if self.relu_report is not None else []
-        return "λ-GELU" if any(site.activation == KGELU_NAME for site in sites) or not sites else "GELU"
-
-    def card_results(self) -> list[tuple[str, float]]:
-        """(name, value) pairs for the model card's Hub eval results."""
-        return [(f"{self.metric} (ReLU, this model)", self.kgelu_after),
-                (f"{self.metric} ({self.swapped}, before the swap)", self.kgelu_before)]
-
-    def as_markdown(self) -> str:
-        """A Markdown table: one row per model, the metric before and after the ReLU swap."""
-        rows = [(f"{self.swapped} → ReLU", self.kgelu_before, self.kgelu_after, self.kgelu_change)]
-        if self.gelu_before is not None:
-            rows.append(("GELU → ReLU (direct swap)", self.gelu_before, self.gelu_after, self.gelu_change))
-        lines = [f"| model | {self.metric} before | {self.metric} after | change |", "|---|---:|---:|---:|"]
-        lines += [f"| {name} | {before:.4f} | {after:.4f} | {change:+.4f} |" for name, before, after, change in rows]
-        return "\n".join(lines)
-
-
-def substitution_report(
-    model: nn.Module,
-    eval_data,
-    *,
-    gelu_baseline: nn.Module | None = None,
-    task: str | None = None,
-    batch_size: int = 32,
-    include_gelu: bool = False,
-) -> SubstitutionReport:
-    """Evaluate `model` (λ-GELU) before and after `relu_ize` (with `include_gelu` passed on), and
-    `gelu_baseline` before and after its direct GELU → ReLU swap, on the same data. Works on
-    copies: the passed models are never changed (not even their train/eval mode)."""
-    task = task or infer_task(model)
-    metric, higher_is_better = metric_of(task)
-    details = {"kgelu_before": evaluate_model(copy_model(model), eval_data, task, batch_size)}
-    relu_model, relu_report = _swap_for_relu(model, inplace=False, include_gelu=include_gelu)
-    details["kgelu_after"] = evaluate_model(relu_model, eval_data, task, batch_size)
-    del relu_model
-    if gelu_baseline is not None:
-        details["gelu_before"] = evaluate_model(copy_model(gelu_baseline), eval_data, task, batch_size)
-        gelu_relu, _ = _swap_for_relu(gelu_baseline, inplace=False, include_gelu=True)
-        details["gelu_after"] = evaluate_model(gelu_relu, eval_data, task, batch_size)
-        del gelu_relu
-    value = {key: result[metric] for key, result in details.items()}
-    return SubstitutionReport(
-        task=task,
-        metric=metric,
-        higher_is_better=higher_is_better,
-        kgelu_before=value["kgelu_before"],
-        kgelu_after=value["kgelu_after"],
-        gelu_before=value.get("gelu_before"),
-        gelu_after=value.get("gelu_after"),
-        details=details,
-        relu_report=relu_report,
-    )

@@ -19,6 +19,7 @@ from .checkpoint import (
 )
 from .checkpoint.report import print_summary
 from .checkpoint.train import RELU_DIRNAME
+from .cli import METRIC_HELP
 from .conversion import METHODS, ConversionConfig
 from .modeling.config import ACTIVATIONS
 from .modeling.convert import activation_of
@@ -41,6 +42,8 @@ class RunArguments:
     relu_output_dir: str | None = field(default=None, metadata={"help": "where the ReLU model goes (default: OUTPUT_DIR/relu_model)"})
     overwrite_relu_output: bool = field(default=False, metadata={"help": "replace an existing non-empty relu_output_dir"})
     substitution: bool = field(default=True, metadata={"help": "measure the metric before/after the ReLU swap on the eval set"})
+    metric: str | None = field(default=None, metadata={"help": METRIC_HELP + "; used by the evaluations, the final score "
+                                                               "and the substitution report (training runs only)"})
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
@@ -105,6 +108,8 @@ def run_conversion(model, args, run_args: RunArguments, conversion: ConversionAr
     vs ReLU on `eval_dataset`, and publish the ReLU folder (the same `hf-kgelu convert` writes) in
     `--relu_output_dir` (default OUTPUT_DIR/relu_model), pushed with `--push_to_hub`. Returns the folder."""
     method = conversion.convert_from_gelu
+    if run_args.metric is not None:
+        raise ValueError("--metric applies to training runs: --convert_from_gelu reports the task's built-in metric")
     if activation_of(model) != "gelu":
         raise ValueError(f"--convert_from_gelu needs a GELU checkpoint, but --model_name_or_path builds a {activation_of(model)} "
                          "model: train a λ-GELU model with --relu_ize_at_end instead, or give a GELU checkpoint")
@@ -146,7 +151,7 @@ def train_from_script(model, training_args, run_args: RunArguments, train_datase
         model, training_args, train_dataset, eval_dataset, task=task, substitution=run_args.substitution,
         relu_output_dir=run_args.relu_dir(training_args.output_dir, training_args.push_to_hub),
         overwrite_relu_output=run_args.overwrite_relu_output, resume_from_checkpoint=training_args.resume_from_checkpoint,
-        details=CardDetails(datasets=[dataset_name] if dataset_name else (), base_model=base_model), **kwargs,
+        metric=run_args.metric, details=CardDetails(datasets=[dataset_name] if dataset_name else (), base_model=base_model), **kwargs,
     )
     if training_args.process_index == 0:
         print_summary(result)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Train a GPT-2-style causal language model with GELU, ReLU or λ-GELU; optionally ReLU-ize it at
-the end and push the ReLU model (with its tokenizer and card) to the Hub. Metric: perplexity.
+the end and push the ReLU model (with its tokenizer and card) to the Hub. Metric: perplexity
+(exact), or `--metric NAME|PATH` (an `evaluate` metric, fed next-token ids; offline first).
 
 Model: from a config (`--model_type gpt2 --config_overrides n_layer=2,n_embd=64,n_head=2`) or a
 checkpoint (`--model_name_or_path PATH`; GELU weights load into λ-GELU sites). Tokenizer: a

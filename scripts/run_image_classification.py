@@ -6,7 +6,8 @@ Model: from a config (`--model_type deit|vit`, `--config_overrides hidden_size=6
 checkpoint (`--model_name_or_path PATH`; its GELU weights load into λ-GELU sites). Data: the
 built-ins `digits` (sklearn, 8×8) and `fashion_mnist` (Debian `dataset-fashion-mnist`, 28×28),
 or `--dataset imagefolder --data_dir DIR` (DIR/train/<class>/*.png and DIR/validation/... or
-DIR/test/...). An image processor configured for the data is saved with the model.
+DIR/test/...). An image processor configured for the data is saved with the model. Metric:
+accuracy (exact), or `--metric NAME|PATH` (an `evaluate` metric or a local metric script).
 
     python scripts/run_image_classification.py --dataset digits --output_dir outputs/deit-digits \\
         --activation kgelu --num_train_epochs 20 --learning_rate 3e-3 --eval_strategy epoch --relu_ize_at_end

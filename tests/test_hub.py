@@ -27,7 +27,8 @@ from hf_kgelu.publishing import (
     push_folder,
     render_model_card,
 )
-from hf_kgelu.relu import relu_ize, substitution_report
+from hf_kgelu.relu import relu_ize
+from hf_kgelu.substitution import substitution_report
 
 BAD_TOKEN = "hf_SECRET_bad_token_0123456789"
 

@@ -17,7 +17,7 @@ ROOMS = [
     {"modeling"},
     {"metrics"},
     {"data"},
-    {"relu"},
+    {"relu", "substitution"},
     {"training"},
     {"plotting"},
     {"conversion"},

@@ -19,7 +19,8 @@ from hf_kgelu.hardness import ACT_SUP_CONSTANT, BOUNDS, tolerance_at
 from hf_kgelu.metrics import accuracy, evaluate_model, perplexity
 from hf_kgelu.modeling import find_sites
 from hf_kgelu.ops import kgelu
-from hf_kgelu.relu import relu_ize, substitution_report
+from hf_kgelu.relu import relu_ize
+from hf_kgelu.substitution import substitution_report
 
 LAMBDA_STAR = target_lambda(0.005, "gate_l1")  # ≈ 159.6, the paper's target
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from hub_emulator import HubEmulator
+from trainer_helpers import write_metric
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = [
@@ -100,6 +101,24 @@ def test_run_tabular_relu_ize_at_end_gives_a_folder_that_loads_without_hf_kgelu(
     # the same accuracy the run measured for its ReLU swap, now from the saved folder in another process
     assert loaded["accuracy"] == pytest.approx(result["substitution"]["after"], abs=1e-9)
     assert "report.md" in os.listdir(out) and "hardness_history.json" in os.listdir(out)
+
+
+def test_run_tabular_metric_from_a_local_evaluate_script_and_tensorboard(tmp_path):
+    """--metric PATH measures the evaluations, the final score and the swap; --report_to tensorboard gets λ."""
+    pytest.importorskip("evaluate")
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out = tmp_path / "mlp"
+    common = [arg if arg != "none" else "tensorboard" for arg in COMMON]
+    run_script("run_tabular.py", "--dataset", "adult", "--max_train_samples", "200", "--max_eval_samples", "100",
+               "--hidden_size", "16", "--num_train_epochs", "2", "--output_dir", str(out), "--logging_steps", "4",
+               "--metric", str(write_metric(tmp_path)), *common)
+    result = json.loads((out / "results.json").read_text())
+    assert result["metric"] == "id_match" and result["higher_is_better"] and len(result["eval_history"]) == 2
+    assert result["final_score"] == result["substitution"]["before"]  # the same metric on the same model
+    (events,) = (out / "runs").glob("*/events.out.tfevents.*")
+    reader = event_accumulator.EventAccumulator(str(events.parent))
+    reader.Reload()
+    assert {"eval/id_match", "train/kgelu/lambda_mean", "train/kgelu/annealing", "train/kgelu/drift"} <= set(reader.Tags()["scalars"])
 
 
 def test_run_image_classification_digits_saves_processor_and_stock_loadable_relu_model(tmp_path):

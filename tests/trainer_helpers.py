@@ -1,4 +1,5 @@
-"""Tiny real models, real data and watching callbacks shared by the KGeluTrainer tests."""
+"""Tiny real models, real data, watching callbacks and a local `evaluate` metric script shared by
+the KGeluTrainer tests."""
 
 from __future__ import annotations
 
@@ -100,3 +101,29 @@ class StopAt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             control.should_training_stop = True
+
+
+# An evaluate metric script as users write them: exact fraction of equal ids, under its own name.
+METRIC_SCRIPT = '''
+import datasets
+import evaluate
+
+
+class {cls}(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="fraction of predicted ids equal to the reference ids", citation="", inputs_description="",
+            features=datasets.Features({{"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}}),
+        )
+
+    def _compute(self, predictions, references):
+        return {{"{name}": sum(int(p == r) for p, r in zip(predictions, references)) / len(references)}}
+'''
+
+
+def write_metric(folder, name="id_match", cls="IdMatch"):
+    """folder/<name>/<name>.py, the layout evaluate.load(path) takes; returns the folder."""
+    path = folder / name
+    path.mkdir(parents=True)
+    (path / f"{name}.py").write_text(METRIC_SCRIPT.format(name=name, cls=cls), encoding="utf-8")
+    return path

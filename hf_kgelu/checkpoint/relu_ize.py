@@ -12,7 +12,8 @@ from ..data import LocalData
 from ..metrics import infer_task
 from ..publishing.card import CardDetails, training_from_history
 from ..publishing.folder import check_output_dir, recover_interrupted_save
-from ..relu import relu_ize, substitution_report
+from ..relu import relu_ize
+from ..substitution import substitution_report
 from ..training.history import HISTORY_FILENAME
 from .publish import HubTarget, Published, publish
 from .source import check_source, load_checkpoint
@@ -46,10 +47,12 @@ def relu_ize_checkpoint(
     hub: HubTarget | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = lambda message: None,
+    metric=None,
 ) -> Published:
     """Load a λ-GELU checkpoint (its own architecture class, its tokenizer or processor), swap every
     site for ReLU (`relu_ize`), measure the metric before and after on `evaluation` (with the GELU
-    baseline's direct swap beside it), then write and push the folder (`publish`). The card reads the
+    baseline's direct swap beside it; `metric`: see `hf_kgelu.metrics.load_metric`), then write and
+    push the folder (`publish`). The card reads the
     run's `hardness_history.json` and λ plot beside the checkpoint when they exist."""
     output_dir = check_output_dir(output_dir, overwrite, checkpoint)  # fail before the slow part
     if plot_file is not None and not Path(plot_file).is_file():
@@ -73,7 +76,7 @@ def relu_ize_checkpoint(
         data, _ = evaluation.rows(source.tokenizer, task, max_positions(source.model))
         baseline = load_checkpoint(gelu_baseline).model if gelu_baseline is not None else None
         comparison = substitution_report(source.model, data, gelu_baseline=baseline, task=task, batch_size=batch_size,
-                                         include_gelu=include_gelu)
+                                         include_gelu=include_gelu, metric=metric)
         log(comparison.as_markdown())
     details = details or CardDetails()
     run_folder = source.folder if source.folder is not None else Path(os.fspath(checkpoint))

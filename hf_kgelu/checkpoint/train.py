@@ -5,7 +5,8 @@ trained model, its numbers, and (for λ-GELU or GELU) a published ReLU model out
 
 1. trains with `KGeluTrainer` when the model has λ-GELU sites (the λ schedule, logging and
    `hardness_history.json` come from it), otherwise with the stock `Trainer`, evaluating every
-   `eval_strategy` step with accuracy (classification) or perplexity (causal LM);
+   `eval_strategy` step with accuracy (classification) or perplexity (causal LM), or `metric`
+   (`hf_kgelu.metrics.load_metric`: an `evaluate` name, a local metric path or module);
 2. reads the paper's Table I quantities: best validation score and its epoch, the learned
    layerwise λ (at the anneal switch, or at the end when λ is learned throughout), its mean,
    and the hardness drift D between epochs of the learning phase;
@@ -35,10 +36,11 @@ from typing import Any
 from torch import nn
 
 from ..metrics import (
+    Metric,
     classification_loss,
     evaluate_model,
     infer_task,
-    metric_of,
+    load_metric,
     trainer_metrics,
 )
 from ..modeling.config import KGELU_NAME
@@ -46,7 +48,8 @@ from ..modeling.convert import activation_of
 from ..modeling.sites import hardness_profile, short_site_names
 from ..publishing.card import CardDetails
 from ..publishing.push import HubPushError
-from ..relu import relu_ize, substitution_report
+from ..relu import relu_ize
+from ..substitution import substitution_report
 from ..training.history import read_history
 from .publish import HubTarget, publish
 from .report import REPORT_FILENAME, RESULTS_FILENAME, TrainResult, render_report
@@ -152,7 +155,7 @@ def _hub_target(args, push_to_hub: bool | None) -> HubTarget | None:
     return HubTarget(args.hub_model_id, private=bool(args.hub_private_repo), token=args.hub_token)
 
 
-def _trainer(model, args, train_dataset, eval_dataset, activation, task, callbacks, log_lines, **kwargs):
+def _trainer(model, args, train_dataset, eval_dataset, activation, task, metric: Metric, callbacks, log_lines, **kwargs):
     from transformers import Trainer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -162,7 +165,7 @@ def _trainer(model, args, train_dataset, eval_dataset, activation, task, callbac
         KGeluTrainingArguments,
     )
 
-    metric_kwargs, _, _ = trainer_metrics(task)
+    metric_kwargs, _, _ = trainer_metrics(task, metric)
     if activation == KGELU_NAME:
         if not isinstance(args, KGeluTrainingArguments):
             raise TypeError("a λ-GELU model trains with hf_kgelu.KGeluTrainingArguments (the kgelu_* settings), got "
@@ -201,6 +204,7 @@ def train_and_relu_ize(
     write_report: bool = True,
     save_model: bool = True,
     log_lines: bool = True,
+    metric=None,
 ) -> TrainResult:
     """Train `model`, measure it, and (optionally) publish the ReLU model made from it.
 
@@ -211,19 +215,21 @@ def train_and_relu_ize(
     uploads that folder to `args.hub_model_id` with `args.hub_token` / `args.hub_private_repo`.
     `details`: what the card says beyond the run (base model, datasets, license).
     `log_lines=False` drops the Trainer's printed log dicts; pass an `EpochProgress` in `callbacks`
-    for one line per epoch. Returns a `TrainResult` (also written to results.json)."""
+    for one line per epoch. `metric`: what the evaluations, the final score and the substitution report
+    measure (default: the exact built-in accuracy / perplexity; else `hf_kgelu.metrics.load_metric`'s
+    name, path or `evaluate` module). Returns a `TrainResult` (also written to results.json)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     task = task or infer_task(model)
     activation = activation_of(model)
-    metric, higher_is_better = metric_of(task)
+    metric = load_metric(metric, task)
     hub = _hub_target(args, push_to_hub)
     if hub is not None and relu_output_dir is None:
         relu_output_dir = os.path.join(args.output_dir, RELU_DIRNAME)
     args = copy.copy(args)
     args.push_to_hub = False  # the λ-GELU checkpoints stay local; only the ReLU model is published
     args.hub_token = None  # the Trainer pickles its args into every checkpoint: keep the token out
-    trainer = _trainer(model, args, train_dataset, eval_dataset, activation, task, callbacks, log_lines,
+    trainer = _trainer(model, args, train_dataset, eval_dataset, activation, task, metric, callbacks, log_lines,
                        data_collator=data_collator, processing_class=processing_class)
     if resume_from_checkpoint in (True, "true", "True", "last"):
         resume_from_checkpoint = get_last_checkpoint(args.output_dir)
@@ -242,12 +248,12 @@ def train_and_relu_ize(
         model = gather_full_model(model)
         model = model.to(args.device) if model is not None else None
     result = TrainResult(
-        name=name or Path(args.output_dir).name, activation=activation, task=task, metric=metric,
-        higher_is_better=higher_is_better, output_dir=str(args.output_dir), train_seconds=train_seconds,
+        name=name or Path(args.output_dir).name, activation=activation, task=task, metric=metric.name,
+        higher_is_better=metric.higher_is_better, output_dir=str(args.output_dir), train_seconds=train_seconds,
         settings=_training_settings(args),
     )
     if trainer.is_world_process_zero():
-        _measure_and_publish(result, model, trainer, args, eval_dataset, gelu_baseline=gelu_baseline,
+        _measure_and_publish(result, model, trainer, args, eval_dataset, metric, gelu_baseline=gelu_baseline,
                              substitution=substitution, relu_output_dir=relu_output_dir, overwrite=overwrite_relu_output,
                              hub=hub, processing_class=processing_class, details=details, command=command,
                              write_report=write_report)
@@ -255,13 +261,13 @@ def train_and_relu_ize(
     return result
 
 
-def _measure_and_publish(result: TrainResult, model, trainer, args, eval_dataset, *, gelu_baseline, substitution,
+def _measure_and_publish(result: TrainResult, model, trainer, args, eval_dataset, metric: Metric, *, gelu_baseline, substitution,
                          relu_output_dir, overwrite, hub, processing_class, details, command, write_report):
     push_error = None
     task, batch = result.task, args.per_device_eval_batch_size
     result.eval_history = _eval_history(trainer.state.log_history, result.metric)
     result.best_score, result.best_epoch = best_of(result.eval_history, result.higher_is_better)
-    result.final_score = evaluate_model(model, eval_dataset, task=task, batch_size=batch)[result.metric]
+    result.final_score = evaluate_model(model, eval_dataset, task=task, batch_size=batch, metric=metric)[result.metric]
     if not result.eval_history:  # no evaluation during training: the end is the only score
         result.best_score, result.best_epoch = result.final_score, float(trainer.state.epoch or 0.0)
 
@@ -282,7 +288,7 @@ def _measure_and_publish(result: TrainResult, model, trainer, args, eval_dataset
         relu_model, report = relu_ize(model, inplace=False, include_gelu=not kgelu)
     if substitution and relu_model is not None:
         comparison = substitution_report(model, eval_dataset, gelu_baseline=gelu_baseline if kgelu else None, task=task,
-                                         batch_size=batch, include_gelu=not kgelu)
+                                         batch_size=batch, include_gelu=not kgelu, metric=metric)
         result.substitution = {"before": comparison.kgelu_before, "after": comparison.kgelu_after,
                                "gelu_before": comparison.gelu_before, "gelu_after": comparison.gelu_after}
         if task == "classification":

@@ -3,8 +3,10 @@
 - `KGeluHistoryCallback` keeps `hardness_history.json` in `output_dir` (and a copy in every
   checkpoint folder) for `hf_kgelu.plotting.plot_hardness` and the run reports;
 - `HardnessLog` gives the `kgelu/*` values `KGeluTrainer.log` adds to every training log, so every
-  `report_to` integration receives them: λ per site (mean/min/max for per-channel sites), the mean
-  λ, the drift D since the last log, the phase (`kgelu/annealing` 0 or 1) and the anneal progress;
+  `report_to` integration receives them (the Trainer's TensorBoard, trackio, W&B… callbacks name them
+  `train/kgelu/...`): λ per site (mean/min/max for per-channel sites), the mean λ, the drift D since
+  the last log (the first one: since the start of training, as the history file has it), the phase
+  (`kgelu/annealing` 0 or 1) and the anneal progress (0 → 1 over the annealing phase);
 - `EpochProgress` prints one line per evaluation (epoch, metric, mean λ, time).
 The schedule itself is `hf_kgelu.training.annealing.KGeluHardnessCallback`'s: both read it there.
 """
@@ -46,11 +48,18 @@ def site_stats(sites: list[tuple[str, KGELU]], short_names: list[str]) -> dict[s
     return stats
 
 
-class HardnessLog:
-    """The `kgelu/*` entries of a training log (see the module docstring)."""
+class HardnessLog(TrainerCallback):
+    """The `kgelu/*` entries of a training log (see the module docstring). `KGeluTrainer.log` adds
+    them before the Trainer hands the log to the trackers' `on_log` (a callback's own `on_log` would
+    come too late); as a callback this only notes λ at the start of training, the first drift's reference."""
 
     def __init__(self):
         self.last_profile: dict[str, float] | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        sites = require_trained_sites(model)
+        stats = site_stats(sites, short_site_names([name for name, _ in sites]))
+        self.last_profile = {short: s["mean"] for short, s in stats.items()}
 
     def values(self, annealing: KGeluHardnessCallback, step: int) -> dict[str, float]:
         if not annealing.sites:

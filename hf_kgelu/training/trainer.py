@@ -10,7 +10,10 @@ whose activations are λ-GELU (`hidden_act="kgelu"`, or a GELU model passed thro
   schedulers keep the θ/weight ratio;
 - adds the callbacks: the λ schedule (`KGeluHardnessCallback`: learn θ until the switch, then
   freeze it and anneal λ to λ*), the trajectory file (`KGeluHistoryCallback`) and the
-  multi-process checks (`KGeluDistributedCallback`); the `kgelu/*` values join every training log;
+  multi-process checks (`KGeluDistributedCallback`); the `kgelu/*` values join every training log,
+  so every `report_to` tracker receives them (as `train/kgelu/...`);
+- takes an `evaluate` module as `compute_metrics` (fed with predicted ids, see
+  `hf_kgelu.metrics.as_trainer_metrics`);
 - resumes exactly: the schedule's state lives in every checkpoint's `trainer_state.json` (a damaged
   one is refused in one line naming it);
 - writes a README.md beside a saved model saying what to install and import to load it.
@@ -29,6 +32,7 @@ from transformers import Trainer
 from transformers.trainer_callback import ExportableState, TrainerState
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..metrics import Metric, as_trainer_metrics, infer_task, is_evaluate_module
 from ..modeling.sites import find_sites, trained_sites
 from .annealing import KGeluHardnessCallback
 from .arguments import KGeluTrainingArguments
@@ -72,11 +76,28 @@ def _check_trainer_state(checkpoint) -> None:
         ) from error
 
 
+def _adapt_compute_metrics(model, kwargs: dict) -> None:
+    """An `evaluate` module (or `Metric`) given as `compute_metrics` becomes the Trainer's callable."""
+    metric = kwargs.get("compute_metrics")
+    if not (is_evaluate_module(metric) or isinstance(metric, Metric)):
+        return
+    try:
+        task = infer_task(model) if model is not None else None
+    except ValueError:
+        task = None  # unknown head: ids compared position by position, no shift
+    adapted = as_trainer_metrics(metric, task)
+    kwargs["compute_metrics"] = adapted["compute_metrics"]
+    if kwargs.get("preprocess_logits_for_metrics") is None:
+        kwargs["preprocess_logits_for_metrics"] = adapted["preprocess_logits_for_metrics"]
+
+
 class KGeluTrainer(Trainer):
     """`Trainer` for λ-GELU models: θ optimizer group, annealing, hardness logging, exact resume.
 
     Takes the same arguments as `Trainer`; `args` must be `KGeluTrainingArguments`. The model
-    (or the one `model_init` builds) must have λ-GELU sites.
+    (or the one `model_init` builds) must have λ-GELU sites. `compute_metrics` may also be an
+    `evaluate` module (or a `hf_kgelu.metrics.Metric`): it gets predicted and true class ids, or
+    next-token ids for a causal LM, label -100 left out.
     """
 
     def __init__(self, model=None, args: KGeluTrainingArguments | None = None, *positional, callbacks=None, **kwargs):
@@ -96,7 +117,9 @@ class KGeluTrainer(Trainer):
             if not any(isinstance(cb, kind) or cb is kind for cb in callbacks):
                 callbacks.append(kind())
         self._hardness_log = HardnessLog()
+        callbacks.append(self._hardness_log)
         self._kgelu_resume_dir: str | None = None
+        _adapt_compute_metrics(model, kwargs)
         super().__init__(model, args, *positional, callbacks=callbacks, **kwargs)
 
     def call_model_init(self, trial=None):
@@ -252,16 +275,18 @@ class KGeluTrainer(Trainer):
                 model(**inputs)
 
     # ---- substitution
-    def evaluate_substitution(self, eval_dataset=None, task: str | None = None, gelu_baseline: nn.Module | None = None):
+    def evaluate_substitution(self, eval_dataset=None, task: str | None = None, gelu_baseline: nn.Module | None = None,
+                              metric=None):
         """The eval metric of the current model (after `train()` with `load_best_model_at_end`: the best
         one) with its λ-GELU activations and after swapping every λ-GELU for ReLU, on copies: the trained
         model is not touched. A PEFT model is merged on a copy first.
 
-        Returns `hf_kgelu.relu.SubstitutionReport` (accuracy for classification, perplexity for language
-        models, computed offline; `.as_markdown()`, `.to_dict()`). `eval_dataset` defaults to the
-        trainer's; it is batched by the trainer's own collator, as `evaluate()` sees it.
+        Returns `hf_kgelu.substitution.SubstitutionReport` (accuracy for classification, perplexity for language
+        models, computed offline, or `metric`: see `hf_kgelu.metrics.load_metric`; `.as_markdown()`,
+        `.to_dict()`). `eval_dataset` defaults to the trainer's; it is batched by the trainer's own
+        collator, as `evaluate()` sees it.
         """
-        from ..relu import substitution_report
+        from ..substitution import substitution_report
 
         data = eval_dataset if eval_dataset is not None else self.eval_dataset
         if data is None:
@@ -274,4 +299,4 @@ class KGeluTrainer(Trainer):
             model = copy.deepcopy(model).merge_and_unload()
         if not isinstance(data, dict):
             data = self.get_eval_dataloader(data)
-        return substitution_report(model, data, gelu_baseline=gelu_baseline, task=task)
+        return substitution_report(model, data, gelu_baseline=gelu_baseline, task=task, metric=metric)
