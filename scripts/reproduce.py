@@ -189,9 +189,9 @@ def presets(name: str) -> tuple[list[Setting], dict]:
                     dict(learning_rate=1e-3, weight_decay=0.05, warmup_steps=0.1, num_train_epochs=6, per_device_train_batch_size=256,
                          per_device_eval_batch_size=512),
                     {"train": 60000, "eval": 10000}),
-            Setting("gpt2-pydocs", "GPT-2 6×384 (block 256) / Python docs", "pydocs", "causal_lm",
-                    {"kind": "GPT-2", "n_layer": 6, "n_embd": 384, "n_head": 6, "n_positions": 256},
-                    dict(learning_rate=1e-3, weight_decay=0.01, warmup_steps=0.05, num_train_epochs=2, per_device_train_batch_size=32,
+            Setting("gpt2-pydocs", "GPT-2 small 12×768 (124 M, block 256) / Python docs", "pydocs", "causal_lm",
+                    {"kind": "GPT-2", "n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 256},
+                    dict(learning_rate=6e-4, weight_decay=0.1, warmup_steps=0.05, num_train_epochs=2, per_device_train_batch_size=32,
                          per_device_eval_batch_size=32),
                     {"chars": 8_000_000, "block": 256, "tokens": 2_000_000}),
         ]
