@@ -13,6 +13,8 @@ What runs, by device:
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from . import cpu, native, reference, settings
@@ -21,6 +23,8 @@ try:
     from . import triton_launch
 except ImportError:  # no triton (CPU-only installs): CUDA tensors take the torch path too
     triton_launch = None
+    # torch logs "Triton not available" each time it scans a triton_op for kernels: noise where none is
+    logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
 
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
