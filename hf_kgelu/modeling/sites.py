@@ -27,11 +27,13 @@ def site_lambda(site: KGELU) -> torch.Tensor:
     return site.lam.detach().to(device="cpu", dtype=torch.float64)
 
 
-def require_sites(model: nn.Module) -> list[tuple[str, KGELU]]:
-    sites = find_sites(model)
+def require_sites(model: nn.Module, trained: bool = False, purpose: str = "") -> list[tuple[str, KGELU]]:
+    """`find_sites` (with `trained`: the sites training acts on, `trained_sites`); a clear error when
+    there are none, saying what they were wanted for (`purpose`, e.g. ", so KGeluTrainer has no hardness to train")."""
+    sites = trained_sites(model) if trained else find_sites(model)
     if not sites:
         raise ValueError(
-            f"{type(model).__name__} has no λ-GELU (KGELU) activation sites: build it from a config with "
+            f"{type(model).__name__} has no λ-GELU (KGELU) activation sites{purpose}: build it from a config with "
             'hidden_act="kgelu" (GPT-2: activation_function="kgelu"), or convert a GELU model with '
             "hf_kgelu.convert_to_kgelu(model)"
         )

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..hardness import DEFAULT_LAMBDA_INIT, DEFAULT_LAMBDA_RANGE, init_lambdas
 from ..modeling.module import KGELU
-from ..modeling.sites import find_sites, infer_num_channels, site_lambda, trained_sites
+from ..modeling.sites import find_sites, infer_num_channels, require_sites, site_lambda
 from .arguments import KGeluTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -17,14 +17,7 @@ logger = logging.getLogger(__name__)
 
 def require_trained_sites(model: nn.Module) -> list[tuple[str, KGELU]]:
     """The sites whose θ training acts on (`trained_sites`); a clear error when there are none."""
-    sites = trained_sites(model)
-    if not sites:
-        raise ValueError(
-            f"{type(model).__name__} has no λ-GELU (KGELU) activation sites, so KGeluTrainer has no hardness to train: "
-            'build the model from a config with hidden_act="kgelu" (GPT-2: activation_function="kgelu"), or convert a '
-            "GELU model with hf_kgelu.convert_to_kgelu(model) before passing it to the trainer"
-        )
-    return sites
+    return require_sites(model, trained=True, purpose=", so KGeluTrainer has no hardness to train")
 
 
 def _model_config(model: nn.Module):
