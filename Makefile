@@ -50,6 +50,12 @@ bench: setup
 	@if $(BIN)/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
 	  $(BIN)/python -m benchmarks.kernel; else $(BIN)/python -m benchmarks.cpu; fi
 
+# model_cards/examples/*.md: one example card per headline model, from tiny models trained here
+# (tests/test_model_cards.py fails when they are not what this command writes).
+.PHONY: cards
+cards: $(BIN)/.installed
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python model_cards/examples/generate.py
+
 # docs/results.md from benchmarks/results/*.csv (the report needs only the standard library).
 .PHONY: results
 results:

@@ -57,7 +57,7 @@ class Comparison:
     higher_is_better: bool
     original: float
     relu: float
-    original_label: str = "original (GELU)"
+    original_label: str = "GELU original"
 
     @property
     def change(self) -> float:

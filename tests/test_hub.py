@@ -80,12 +80,14 @@ def test_card_has_hub_metadata_and_a_truthful_body():
     assert "![λ of every site over the training steps, anneal start marked](lambda_profile.png)" in body
     assert 'AutoModelForImageClassification.from_pretrained("alice/vit-relu")' in body
     assert substitution.as_markdown() in body and "`hidden_act` (was `kgelu`)" in body
-    assert "λ was then annealed\nto λ* = 159.6" in body
+    assert "then, for the rest of training, with λ annealed to λ* = 159.6;" in body.replace("\n", " ")
+    assert "## What the swap guarantees" in body
 
     # A plain GELU model swapped directly: the card must not claim λ-GELU training or annealing.
     gelu_relu, gelu_report = relu_ize(tiny_model("vit", activation="gelu"), include_gelu=True)
     gelu_card = ModelCard(render_model_card(gelu_report, config=gelu_relu.config, usage_id="models/vit-relu"))
     assert "direct-swap baseline" in gelu_card.text and "trained with" not in gelu_card.text and "annealed" not in gelu_card.text
+    assert "What the swap guarantees" not in gelu_card.text and "## How far each ReLU is from the GELU it replaced" in gelu_card.text
     assert "| activation sup: sup \\|xΦ(λx) − ReLU(x)\\| = 0.169971/λ | 0.17 |" in gelu_card.text
     assert 'from_pretrained("models/vit-relu")' in gelu_card.text  # not published: the snippet names the folder
 

@@ -13,7 +13,13 @@ from ..conversion import (
     task_of,
 )
 from ..data import LocalData
-from ..metrics import Comparison, embedding_cosine, evaluate_model, metric_of
+from ..metrics import (
+    Comparison,
+    embedding_cosine,
+    evaluate_model,
+    iter_batches,
+    metric_of,
+)
 from ..publishing.card import CardDetails
 from ..publishing.folder import check_output_dir, recover_interrupted_save
 from .publish import HubTarget, Published, publish
@@ -34,7 +40,8 @@ _DONE = {
 
 def conversion_details(result: ConversionResult, made_with: str, details: CardDetails | None = None) -> CardDetails:
     """The card's account of a conversion: what was done, with which settings."""
-    steps = f"{result.steps} fine-tuning step(s){' with distillation from the GELU original' if result.distill else ''}"
+    steps = f"{result.steps} fine-tuning step{'' if result.steps == 1 else 's'}"
+    steps += " with distillation from the GELU original" if result.distill else ""
     training = {"conversion": f"{result.method}{' + distillation' if result.distill else ''}, {result.steps} steps"}
     if result.method == "anneal":
         training.update({key: result.settings.get(key) for key in ("anneal_start", "bound", "tolerance")})
@@ -50,7 +57,8 @@ def measure_conversion(original, converted, data, task: str, batch_size: int = 3
     metric, or for a sentence encoder the mean cosine of its embeddings to the original's."""
     metric, higher = metric_of(task)
     if task == "embedding":
-        batches = [collate(data[i : i + batch_size]) for i in range(0, len(data), batch_size)]
+        batches = (list(iter_batches(data, batch_size)) if collate is None  # rows prepared without a collator
+                   else [collate(data[i : i + batch_size]) for i in range(0, len(data), batch_size)])
         return Comparison(metric, higher, 1.0, embedding_cosine(converted, original, batches))
     return Comparison(metric, higher, evaluate_model(original, data, task, batch_size)[metric],
                       evaluate_model(converted, data, task, batch_size)[metric])

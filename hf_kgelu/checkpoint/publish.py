@@ -94,15 +94,17 @@ def publish(
 ) -> Published:
     """Write `relu_model` as a stock-transformers folder — weights, config, the processor (given, or
     the source checkpoint's), every file a client reads from the `source` folder, the λ plot and the
-    model card — then push it to `hub`. The card's loading snippet names the Hub repo when pushing
-    and the folder otherwise. A failed push raises `HubPushError` and leaves the folder complete."""
+    model card — then push it to `hub`. The card's loading snippet names the Hub repo when pushing,
+    else `details.usage_id` (a repo the folder will be uploaded to), else the folder. A failed push
+    raises `HubPushError` and leaves the folder complete."""
     if find_sites(relu_model):
         raise ValueError("the model still has λ-GELU sites: call hf_kgelu.relu_ize(model) first and publish the model it returns")
     output_dir = check_output_dir(output_dir, overwrite)
     plot_name = Path(plot_file).name if plot_file is not None else None
+    usage_id = hub.repo_id if hub is not None else getattr(details, "usage_id", None) or str(output_dir)
     card = render_model_card(
         report, config=getattr(relu_model, "config", None), details=details, comparison=comparison,
-        usage_id=hub.repo_id if hub is not None else str(output_dir), plot_file=plot_name,
+        usage_id=usage_id, plot_file=plot_name,
     )
     if processor is None and source is not None:
         processor = source.processor

@@ -39,7 +39,7 @@ TRAINING_FIELDS = (
     ("per_channel", "one λ per channel"),
     ("anneal_start", "anneal start (fraction of training)"),
     ("tolerance", "tolerance ε"),
-    ("bound", "bound"),
+    ("bound", "bound (turns ε into λ*)"),
     ("target_lambda", "λ* (annealing target)"),
 )
 _BOUND_TEXT = {
@@ -58,7 +58,10 @@ class CardDetails:
     made_with: the command or call that made it (conversions); conversion_text: what it did.
     training: settings shown in the card's table (`eta`, `anneal_start`, `tolerance`, `bound`,
         `target_lambda`, `tau`, `init`, …; other keys are listed as they are).
-    base_model, datasets, eval_dataset, license: Hub metadata.
+    base_model, datasets, eval_dataset, license: Hub metadata; pipeline_tag: the Hub task (default:
+        the Auto class's, none for an architecture outside transformers).
+    usage_id: the repo id the loading snippet names when the folder is written here and uploaded
+        later (`publish` names the Hub repo it pushes to, else this, else the folder).
     """
 
     made_by: str | None = None
@@ -69,6 +72,8 @@ class CardDetails:
     datasets: Sequence[str] = ()
     eval_dataset: str | None = None
     license: str | None = None
+    pipeline_tag: str | None = None
+    usage_id: str | None = None
 
     def __post_init__(self):
         if self.made_by is not None and self.made_by not in MADE_BY:
@@ -77,24 +82,36 @@ class CardDetails:
             self.datasets = [self.datasets]
 
 
-def auto_class_name(architectures: Sequence[str]) -> str:
-    """The transformers Auto class that builds one of `architectures` (class names, e.g. a config's
-    `architectures`), a task head's before the bare model's; AutoModel if none fits."""
+def _auto_classes_of(architecture: str) -> list[str]:
+    """The Auto classes that build `architecture` (a class name): from transformers' own mappings and
+    from classes registered with them (e.g. hf-kgelu's MLP)."""
     from transformers.models.auto import modeling_auto
 
     found = []
     for name in getattr(modeling_auto, "__all__", dir(modeling_auto)):
-        auto = getattr(modeling_auto, name, None)
-        mapping = getattr(getattr(auto, "_model_mapping", None), "_model_mapping", None)
+        lazy = getattr(getattr(modeling_auto, name, None), "_model_mapping", None)
+        mapping = getattr(lazy, "_model_mapping", None)
         if not name.startswith("AutoModel") or not isinstance(mapping, Mapping):
             continue
-        for value in mapping.values():
-            if any(a in ((value,) if isinstance(value, str) else tuple(value)) for a in architectures):
-                found.append(name)
-                break
-    preferred = [name for name in _PIPELINE_TAGS if name in found]
-    heads = [name for name in found if name != "AutoModel"]
-    return (preferred or heads or ["AutoModel"])[0]
+        names = [n for value in mapping.values() for n in ((value,) if isinstance(value, str) else tuple(value))]
+        names += [getattr(cls, "__name__", None) for cls in getattr(lazy, "_extra_content", {}).values()]
+        if architecture in names:
+            found.append(name)
+    return found
+
+
+def auto_class_name(architectures: Sequence[str]) -> str:
+    """The transformers Auto class that builds the first of `architectures` (class names: the model's
+    own first, then its config's) that any builds: a task head's Auto class; AutoModel for a bare
+    model (not its alias AutoModelForTextEncoding); AutoModel if none fits."""
+    for architecture in architectures:
+        found = _auto_classes_of(architecture)
+        if not found:
+            continue
+        preferred = [name for name in _PIPELINE_TAGS if name in found]
+        heads = [name for name in found if name not in ("AutoModel", "AutoModelForTextEncoding")]
+        return (preferred or heads or (["AutoModel"] if "AutoModel" in found else found))[0]
+    return "AutoModel"
 
 
 def _number(value: float, digits: int = 4) -> str:
@@ -150,6 +167,36 @@ def _eval_results(comparison, task_type: str | None, dataset_type: str, dataset_
     return [EvalResult(**common, metric_value=round(value, 6), metric_name=name) for name, value in comparison.card_results()]
 
 
+def _how_it_loads(report: ReluReport, config, pipeline_tag: str | None) -> tuple[str, str, str | None]:
+    """(loading, Auto class, Hub pipeline tag). loading: "stock" (a transformers architecture),
+    "remote_code" (save_pretrained writes its code and an auto_map beside the weights: classes
+    registered with `register_for_auto_class`, like hf-kgelu's MLP) or "package" (neither). A custom
+    model's Auto class says nothing of its inputs: it gets no pipeline tag unless one is given."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    auto_map = getattr(config, "auto_map", None) or {}
+    model_type = getattr(config, "model_type", None)
+    if auto_map or getattr(type(config), "_auto_class", None) is not None:
+        loading = "remote_code"
+    else:
+        loading = "package" if model_type and model_type not in CONFIG_MAPPING_NAMES else "stock"
+    architectures = [report.model_class, *(getattr(config, "architectures", None) or [])]
+    auto_class = next((k for k in auto_map if k.startswith("AutoModelFor")), None) or auto_class_name(architectures)
+    if pipeline_tag is None and loading == "stock":
+        pipeline_tag = _PIPELINE_TAGS.get(auto_class)
+        if pipeline_tag is None and auto_class == "AutoModel":
+            pipeline_tag = _bare_model_tag(report.model_class)
+    return loading, auto_class, pipeline_tag
+
+
+def _bare_model_tag(model_class: str) -> str | None:
+    """The Hub pipeline tag of a bare model (features out): by its main input."""
+    import transformers
+
+    main_input = getattr(getattr(transformers, model_class, None), "main_input_name", None)
+    return {"input_ids": "feature-extraction", "pixel_values": "image-feature-extraction"}.get(main_input)
+
+
 def render_model_card(
     report: ReluReport,
     *,
@@ -172,10 +219,7 @@ def render_model_card(
     details = details or CardDetails()
     num_kgelu = sum(site.activation == KGELU_NAME for site in report.sites)
     made_by = details.made_by or ("kgelu" if num_kgelu else "direct_swap")
-    auto_map = getattr(config, "auto_map", None) or {}
-    architectures = [report.model_class, *(getattr(config, "architectures", None) or [])]
-    auto_class = next((k for k in auto_map if k.startswith("AutoModelFor")), None) or auto_class_name(architectures)
-    pipeline_tag = _PIPELINE_TAGS.get(auto_class)
+    loading, auto_class, pipeline_tag = _how_it_loads(report, config, details.pipeline_tag)
     model_name = model_name or usage_id.rstrip("/").rpartition("/")[2]
     dataset_list = list(details.datasets or [])
     eval_dataset = details.eval_dataset or (dataset_list[0] if dataset_list else "evaluation data")
@@ -197,13 +241,14 @@ def render_model_card(
         model_name=model_name,
         usage_id=usage_id,
         auto_class=auto_class,
-        custom_code=bool(auto_map),
+        loading=loading,
         model_type=getattr(config, "model_type", ""),
         made_by=made_by,
         made_with=details.made_with or "`hf-kgelu convert`",
         conversion_text=details.conversion_text or "every GELU was swapped for ReLU",
         base_model=details.base_model,
         paper_url=PAPER_URL,
+        num_kgelu=num_kgelu,
         num_gelu=len(report.sites) - num_kgelu,
         remaining_gelu=list(getattr(report, "remaining_gelu", None) or []),
         min_lambda=f"{report.min_lambda:.4g}",
@@ -214,8 +259,9 @@ def render_model_card(
         per_channel=any(site.num_channels for site in report.sites),
         plot_file=plot_file,
         comparison=comparison.as_markdown() if comparison is not None else None,
-        comparison_caption=(f"{comparison.metric.capitalize()} on {eval_dataset}, the same data before and after"
-                            if comparison is not None else None),
+        comparison_metric=comparison.metric[:1].upper() + comparison.metric[1:] if comparison is not None else None,
+        eval_dataset=eval_dataset,
+        baseline_row=getattr(comparison, "gelu_before", None) is not None,
         config_changes=report.config_changes,
     )
 
