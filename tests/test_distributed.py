@@ -332,6 +332,7 @@ def test_fsdp2_theta_identical_on_every_rank_and_lambda_star_exact(fsdp2):
     assert r0["first"]["lam"]["8"] == [[star], [star]]
     assert all(dtype == "torch.float32" and value == r0["first"]["saved_theta"]["transformer.h.0.mlp.act.theta"][1]
                for dtype, value in r0["first"]["saved_theta"].values())
+    assert r0["first"]["gathered_lam"] == [[star], [star]] and r1["first"]["gathered_lam"] is None  # gather_full_model
 
 
 def test_fsdp2_theta_gradient_is_the_one_process_gradient_of_the_global_batch(fsdp2):

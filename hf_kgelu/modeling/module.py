@@ -153,7 +153,10 @@ class KGELU(nn.Module):
                 out = t.to(device=out.device)
             return out
 
-        return super()._apply(keep_float32, recurse)
+        module = super()._apply(keep_float32, recurse)
+        if self.float32_theta is not None:  # the float32 copy follows θ between devices
+            self.float32_theta = keep_float32(self.float32_theta)
+        return module
 
     def extra_repr(self) -> str:
         if self.theta.is_meta:

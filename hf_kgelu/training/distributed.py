@@ -262,6 +262,11 @@ class KGeluDistributedCallback(TrainerCallback):
 
     def _prepare_fsdp2(self, model: nn.Module, args) -> None:
         plugin = _fsdp2_plugin()
+        if self.theta_sync == "outside" and type(getattr(plugin, "cpu_offload", None)).__name__ == "CPUOffloadPolicy":
+            # offloaded shards keep their gradients on the CPU, θ's would be on the GPU: one gradient norm
+            # cannot span both devices, so θ stays in FSDP2 (float32 units of its own, offloaded with the rest)
+            logger.info("FSDP2 with CPU offload: θ kept in float32 FSDP2 units of its own (kgelu_theta_sync='engine')")
+            self.theta_sync = "engine"
         outside = self.theta_sync == "outside"
         if not outside and not _low_precision(plugin):
             return  # θ in the blocks' units, float32 throughout
