@@ -126,11 +126,12 @@ def run(engine: str, output_dir: Path, resume=None) -> dict:
         "theta_names": [name for name, _ in theta_parameters(model)],
         "global_step": trainer.state.global_step,
     }
-    if engine == "fsdp2":  # the pipeline's plain copy on rank 0 (a collective)
-        from hf_kgelu.training.distributed import gather_full_model
+    # the pipeline's plain copy on rank 0 (a collective)
+    from hf_kgelu.training.distributed import gather_full_model
+    from hf_kgelu.training.zero import gather_deepspeed_model
 
-        plain = gather_full_model(trainer.model)
-        result["gathered_lam"] = None if plain is None else [s.lam.tolist() for _, s in trained_sites(plain)]
+    plain = gather_full_model(trainer.model) if engine == "fsdp2" else gather_deepspeed_model(trainer)
+    result["gathered_lam"] = None if plain is None else [s.lam.tolist() for _, s in trained_sites(plain)]
     saved = Path(output_dir) / "checkpoint-8" / "model.safetensors"
     if trainer.is_world_process_zero() and saved.exists():
         from safetensors.torch import load_file

@@ -395,6 +395,7 @@ def test_deepspeed_anneals_to_lambda_star_exactly_and_saves_it_in_float32(zero):
     assert r0["first"]["lam"]["8"] == [[star], [star]]
     theta_star = r0["first"]["theta"][0]["float32_theta"]
     assert r0["first"]["saved_theta"] == {name: ["torch.float32", theta_star] for name in r0["first"]["theta_names"]}
+    assert r0["first"]["gathered_lam"] == [[star], [star]] and r1["first"]["gathered_lam"] is None  # the pipeline's copy
     # the schedule starts from the λ learned by step 6, which moved (θ trained in its group)
     assert all(abs(v[0] - 1.05) > 1e-3 for v in r0["first"]["lam"]["6"])
 

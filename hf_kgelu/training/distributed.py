@@ -337,6 +337,11 @@ def gather_full_model(model: nn.Module) -> nn.Module | None:
     if world_size() > 1 and torch.distributed.get_rank() != 0:
         return None
     cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # FSDP2 subclasses the model's class
+    return rebuild_from_state(cls, model, state)
+
+
+def rebuild_from_state(cls: type, model: nn.Module, state: dict) -> nn.Module:
+    """A fresh `cls(model.config)` (float32, on the CPU) loaded from a full state dict of `model`."""
     if not hasattr(model, "config"):
         raise TypeError(f"gather_full_model rebuilds transformers models from their config; {cls.__name__} has none")
     copy = cls(model.config)

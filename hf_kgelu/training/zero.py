@@ -194,14 +194,29 @@ class ZeroTheta:
         self.write_masters()
 
 
-def float32_theta_state(model: nn.Module, state_dict: dict) -> dict:
-    """`state_dict` (of `model`, as DeepSpeed gathers it for saving) with every θ that has a float32
-    copy replaced by that copy (DeepSpeed's is bf16/fp16)."""
+def float32_theta_state(model: nn.Module, state_dict: dict | None) -> dict | None:
+    """`state_dict` (of `model`, as DeepSpeed gathers it for saving; None on the ranks ZeRO-3 gathers it
+    not to) with every θ that has a float32 copy replaced by that copy (DeepSpeed's is bf16/fp16)."""
+    if not state_dict:
+        return state_dict
     for name, site in find_sites(model):
         key = f"{name}.theta" if name else "theta"
         if site.float32_theta is not None and key in state_dict:
             state_dict[key] = site.float32_theta.detach().to(device=state_dict[key].device).clone()
     return state_dict
+
+
+def gather_deepspeed_model(trainer) -> nn.Module | None:
+    """A plain float32 copy, on the CPU of rank 0 (None elsewhere), of the model a Trainer trained under
+    DeepSpeed: the weights as DeepSpeed gathers them for saving (ZeRO-3 needs `zero3_save_16bit_model`)
+    with the float32 θ. A collective: every rank must call it."""
+    from .distributed import rebuild_from_state
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    state = float32_theta_state(model, trainer.accelerator.get_state_dict(trainer.model_wrapped))
+    if not trainer.is_world_process_zero():
+        return None
+    return rebuild_from_state(type(model), model, {k: v.detach().float().cpu() for k, v in state.items()})
 
 
 class KGeluZeroCallback(TrainerCallback):
