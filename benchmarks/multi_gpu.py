@@ -89,7 +89,7 @@ class ByteBlocks(Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def trainer_for(model, data, output_dir, activation, batch, steps, log_every, callbacks, cpu, **kgelu):
+def trainer_for(model, data, output_dir, activation, batch, steps, log_every, callbacks, cpu, find_unused=None, **kgelu):
     from transformers import Trainer, TrainingArguments
 
     from hf_kgelu.training import KGeluTrainer, KGeluTrainingArguments
@@ -98,6 +98,7 @@ def trainer_for(model, data, output_dir, activation, batch, steps, log_every, ca
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-4,
         weight_decay=0.1, logging_steps=log_every, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
         dataloader_pin_memory=not cpu, dataloader_drop_last=True, dataloader_num_workers=0 if cpu else 2, **_device_args(cpu),
+        ddp_find_unused_parameters=find_unused,
     )
     if activation != "gelu":
         return KGeluTrainer(model=model, args=KGeluTrainingArguments(**common, **kgelu), train_dataset=data, callbacks=callbacks)
@@ -172,7 +173,7 @@ def throughput(name, variant, args, cpu, scratch, steps=None, warmup=None) -> di
     batch = args.gpt2_batch if name == "gpt2" else args.deit_batch
     window = Window()
     trainer = trainer_for(net, data, Path(scratch) / f"{name}-{variant}", activation, batch, steps, args.log_every,
-                          [window], cpu=cpu, **VARIANTS.get(variant, {}))
+                          [window], cpu=cpu, find_unused=args.ddp_find_unused_parameters, **VARIANTS.get(variant, {}))
     trainer.train()
     world = trainer.accelerator.num_processes
     step_ms = harness.Stats.of([1000 * t for t in window.step_s])
@@ -473,6 +474,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"variants to time: gelu, {', '.join(VARIANTS)} (kgelu-engine: θ synchronised by the engine; "
                              "kgelu-learn: no annealing)")
     parser.add_argument("--repeats", type=int, default=1, help="time every variant this many times, in turning order")
+    parser.add_argument("--ddp-find-unused-parameters", type=lambda v: {"true": True, "false": False}[v.lower()], default=None,
+                        help="true/false for every timed run (default: the Trainer's, True for transformers models "
+                             "without activation checkpointing); false is possible for λ-GELU now that θ is outside DDP")
     parser.add_argument("--jsonl", type=Path, default=None, help="launch: also append its result as one line here")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=10)
