@@ -238,6 +238,7 @@ class KGeluDistributedCallback(TrainerCallback):
         self.engine: str | None = None
         self.theta_sync: str | None = None  # "outside" or "engine", once prepared
         self.gradient_sync: ThetaGradientSync | None = None
+        self._sites: list[KGELU] | None = None
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is not None:
@@ -287,10 +288,12 @@ class KGeluDistributedCallback(TrainerCallback):
                         plugin.mixed_precision_policy.param_dtype)
 
     def _note_switch(self, state, model) -> None:
-        # Local and cheap (no collective), every step: the first step this rank sees every θ frozen.
+        # Local and cheap (no collective, the sites found once per run), every step: the first step this
+        # rank sees every θ frozen. (Between a step's end and the next step's first kernel the GPU waits.)
         if self.switch_step is None and model is not None:
-            sites = _sync_sites(model)
-            if sites and all(not site.theta.requires_grad for _, site in sites):
+            if self._sites is None:
+                self._sites = [site for _, site in _sync_sites(model)]
+            if self._sites and all(not site.theta.requires_grad for site in self._sites):
                 self.switch_step = state.global_step
 
     def _check(self, state, model) -> None:
@@ -302,7 +305,7 @@ class KGeluDistributedCallback(TrainerCallback):
         self.checked_steps.append(state.global_step)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.checked_steps, self.switch_step, self.last_diff = [], None, None
+        self.checked_steps, self.switch_step, self.last_diff, self._sites = [], None, None, None
         if self.gradient_sync is not None:
             broadcast_theta(self.gradient_sync.params)  # what DDP's wrap does for the parameters it owns
         self._note_switch(state, model)  # resumed past the switch: frozen from the start

@@ -9,9 +9,12 @@ whose activations are λ-GELU (`hidden_act="kgelu"`, or a GELU model passed thro
   every other parameter is grouped exactly as the stock Trainer groups it, so the LambdaLR
   schedulers keep the θ/weight ratio;
 - adds the callbacks: the λ schedule (`KGeluHardnessCallback`: learn θ until the switch, then
-  freeze it and anneal λ to λ*), the trajectory file (`KGeluHistoryCallback`) and the
-  multi-process checks (`KGeluDistributedCallback`); the `kgelu/*` values join every training log,
-  so every `report_to` tracker receives them (as `train/kgelu/...`);
+  freeze it and anneal λ to λ*), the trajectory file (`KGeluHistoryCallback`), θ under several
+  processes (`KGeluDistributedCallback`: θ kept out of DDP/FSDP2, the sync check) and under
+  DeepSpeed (`KGeluZeroCallback`); the `kgelu/*` values join every training log, so every
+  `report_to` tracker receives them (as `train/kgelu/...`);
+- with θ outside DDP/FSDP2, averages all θ gradients over the ranks in one all-reduce per optimizer
+  step (`training_step`), and under DeepSpeed saves the float32 θ (`_save`) (docs/multi_gpu.md);
 - takes an `evaluate` module as `compute_metrics` (fed with predicted ids, see
   `hf_kgelu.metrics.as_trainer_metrics`);
 - resumes exactly: the schedule's state lives in every checkpoint's `trainer_state.json` (a damaged
@@ -123,7 +126,7 @@ class KGeluTrainer(Trainer):
             if isinstance(cb, KGeluDistributedCallback):
                 cb.reduces_theta = True  # training_step all-reduces θ when it is kept outside DDP/FSDP2
         # DeepSpeed: the float32 θ must exist before any other callback reads λ at train begin
-        callbacks.insert(0, KGeluZeroCallback())
+        callbacks = [KGeluZeroCallback(), *(cb for cb in callbacks if not isinstance(cb, KGeluZeroCallback))]
         self._hardness_log = HardnessLog()
         callbacks.append(self._hardness_log)
         self._kgelu_resume_dir: str | None = None
