@@ -11,6 +11,7 @@
 # ENGINES="ddp fsdp" (default: ddp fsdp zero2 zero3) and GPUS="2" (default: 2 1) choose the launches. TOTAL_S (default
 # 560) bounds the whole run: the launches go in the order the table needs them (all 2-GPU ones first, ddp1 among
 # them as the reference), each gets what is left, at most LAUNCH_S (default 150) seconds; what did not fit is logged.
+# ONLY="ddp1 zero2-1 zero3-1" runs just those launches (e.g. a second call for what TOTAL_S left out).
 # CPU smoke test: BENCH_ARGS="--tiny --steps 6 --warmup 2" DDP_CONFIG=cpu.yaml ENGINES=ddp.
 set -uo pipefail
 out=${1:-outputs/multi_gpu}
@@ -46,6 +47,7 @@ for spec in "${launches[@]}"; do
   set -- $spec
   tag=$1 engine=$2 config=$3 procs=$4 variants=$5; shift 5
   [[ "$engines" == *" $engine "* ]] || continue
+  [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $tag "* ]] || continue
   [[ " ${GPUS:-2 1} " == *" $procs "* ]] || [ "$tag" = ddp1 ] || continue
   left=$(( ${TOTAL_S:-560} - ($(date +%s) - start_all) - 40 ))  # 40 s kept for the rows
   if [ "$left" -lt 60 ]; then echo "$tag: not run (the time bound TOTAL_S is spent)" >> "$out/log.txt"; continue; fi
