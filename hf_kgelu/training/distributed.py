@@ -218,8 +218,8 @@ class KGeluDistributedCallback(TrainerCallback):
 
     - `on_init_end` (before accelerate wraps the model): under FSDP2 `keep_input_embeddings_wrappable`
       (add the callback to a stock Trainer for that alone); then θ is set up for the engine
-      (`prepare`): kept out of DDP/FSDP2 ("outside"), or as before ("engine"), or checked against
-      the DeepSpeed configuration.
+      (`prepare`): kept out of DDP/FSDP2 ("outside"), or as before ("engine"); under DeepSpeed
+      `KGeluZeroCallback` (hf_kgelu.training.zero) does the rest.
     - `on_train_begin`: "outside": every rank takes rank 0's θ.
     - every logged step (and the last): `check_theta_sync`, logged as `kgelu/theta_sync_max_diff`;
       `checked_steps` lists the steps checked and `switch_step` the first step every rank saw θ
