@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # run_clm.py and run_image_classification.py under `accelerate launch`, as users run them:
-# 1 process (the single-GPU reference) vs 2 processes with DDP and with FSDP2, the same global
+# 1 process (the single-GPU reference) vs 2 processes with DDP, FSDP2 and DeepSpeed ZeRO-2 / ZeRO-3 (when deepspeed
+# imports, or installs from the wheels in .whl/: see run_multi_gpu.sh), the same global
 # batch (16) split over the processes; then a DDP run resumed from its step-12 checkpoint in a
 # fresh folder; then `python -m benchmarks.multi_gpu --compare-scripts` (final ReLU models, λ, anneal
 # step, θ-sync logs, checkpoints written once). Tiny models without dropout, 24 steps each.
@@ -38,10 +39,16 @@ launch() {  # tag config processes script-array-name [extra args...]
     --per_device_train_batch_size $((16 / procs)) --output_dir "$runs/$tag" "$@" > "$runs/$tag.log" 2>&1
   echo "$tag: exit $? in $(( $(date +%s) - start )) s" | tee -a "$out/log.txt"
 }
+if ! $py -c "import deepspeed" 2>/dev/null && ls .whl/deepspeed-*.whl > /dev/null 2>&1; then
+  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >> "$out/log.txt" 2>&1
+  export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+zero=$($py -c "import deepspeed" 2>/dev/null && echo "${ZERO_STAGES:-2 3}")
 for name in clm image; do
   launch "$name-1" "${DDP_CONFIG:-ddp.yaml}" 1 $name
   launch "$name-ddp2" "${DDP_CONFIG:-ddp.yaml}" 2 $name
   [ "${FSDP_CONFIG:-fsdp.yaml}" = none ] || launch "$name-fsdp2" "${FSDP_CONFIG:-fsdp.yaml}" 2 $name
+  for stage in $zero; do launch "$name-zero$stage" "deepspeed_zero$stage.yaml" 2 $name; done
 done
 [ -d "$runs/clm-ddp2/checkpoint-12" ] && mkdir -p "$runs/clm-ddp2-resumed" && cp -r "$runs/clm-ddp2/checkpoint-12" "$runs/clm-ddp2-resumed/"
 launch clm-ddp2-resumed "${DDP_CONFIG:-ddp.yaml}" 2 clm --resume_from_checkpoint last

@@ -8,10 +8,10 @@ Everything that needs the process group happens in this one launch (gloo start-u
    θ-sync check at every step (KGeluDistributedCallback), λ recorded per step, and a count of
    `save_pretrained` calls per rank.
 2. The same run resumed from its step-4 checkpoint (into another output_dir).
-3. FSDP2 by hand (`fully_shard`, bf16 parameter policy as accelerate's fsdp.yaml sets it; accelerate
-   runs FSDP only on GPUs): λ-GELU sites made float32 units, replicated, by the trainer's hook; how θ
-   is laid out, its dtype inside the forward, its gradient, λ read and written through the
-   DTensor, freezing.
+3. FSDP2 by hand with θ in the engine (`kgelu_theta_sync="engine"`: `fully_shard`, bf16 parameter policy
+   as accelerate's fsdp.yaml sets it): λ-GELU sites made float32 units, replicated, by the callback's hook;
+   how θ is laid out, its dtype inside the forward, its gradient, λ read and written through the DTensor,
+   freezing. (θ outside the shards, the default, runs through accelerate in tests/engines_worker.py.)
 
 Each rank writes OUT_DIR/rank{R}.json; rank 0 also writes the trained weights (safetensors).
 """
@@ -105,35 +105,40 @@ def run_trainer(output_dir, batch=PER_DEVICE_BATCH, resume=None):
         "logged_sync_diffs": logged,
         "distributed_type": str(trainer.accelerator.distributed_type),
         "num_processes": trainer.accelerator.num_processes,
+        "theta_sync": sync.theta_sync,
+        "ddp_ignored": sorted(getattr(trainer.model_wrapped, "parameters_to_ignore", None) or []),
     }
     return trainer.accelerator.unwrap_model(trainer.model), result
 
 
 def through_the_trainer_hook(model) -> tuple[str | None, int]:
-    """Run KGeluDistributedCallback.on_init_end as KGeluTrainer does under accelerate's bf16 FSDP2
-    (accelerate's FSDP plugin stood in for: accelerate builds it only on GPUs)."""
+    """Run KGeluDistributedCallback.on_init_end as under accelerate's bf16 FSDP2 with θ in the engine
+    (`kgelu_theta_sync="engine"`, what a stock Trainer gets); accelerate's FSDP state is stood in for
+    (test_distributed's FSDP2 launch runs accelerate's own)."""
     from types import SimpleNamespace
 
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 
     from hf_kgelu.training.distributed import KGeluDistributedCallback
 
     shared = AcceleratorState._shared_state
-    saved = shared.get("fsdp_plugin")
+    saved = {key: shared.get(key) for key in ("fsdp_plugin", "distributed_type")}
     plugin = SimpleNamespace(fsdp_version=2, cpu_offload=None, cpu_ram_efficient_loading=True,
                              mixed_precision_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16))
-    shared["fsdp_plugin"] = plugin
+    shared.update(fsdp_plugin=plugin, distributed_type=DistributedType.FSDP)
+    args = SimpleNamespace(kgelu_theta_sync="engine")
     try:
         refused = None
         try:
-            KGeluDistributedCallback().on_init_end(None, None, None, model=model)
+            KGeluDistributedCallback().on_init_end(args, None, None, model=model)
         except ValueError as error:
             refused = str(error)
         plugin.cpu_ram_efficient_loading = False
-        KGeluDistributedCallback().on_init_end(None, None, None, model=model)
+        KGeluDistributedCallback().on_init_end(args, None, None, model=model)
     finally:
-        shared["fsdp_plugin"] = saved
+        shared.update(saved)
     return refused, sum(isinstance(site, FSDPModule) for _, site in trained_sites(model))
 
 

@@ -184,6 +184,27 @@ def test_train_step_smoke_on_cpu_writes_rows(tmp_path, monkeypatch):
     assert rows[0]["command"].startswith("python -m benchmarks.train_step --models bert")
 
 
+@pytest.mark.slow
+def test_multi_gpu_smoke_on_cpu_one_process(tmp_path, monkeypatch):
+    """One process, tiny models: every variant timed step by step, the exactness run with its resume, the rows."""
+    from benchmarks import multi_gpu
+
+    monkeypatch.setenv(harness.KIND_ENV, "cpu-test")
+    argv = ["--tiny", "--models", "gpt2", "--activations", "kgelu,gelu,kgelu-engine", "--steps", "5", "--warmup", "2",
+            "--log-every", "2", "--warm-runs", "0", "--tag", "ddp1", "--out", str(tmp_path / "ddp1.json"),
+            "--scratch", str(tmp_path), "--jsonl", str(tmp_path / "launches.jsonl")]
+    assert multi_gpu.main(argv) == 0
+    launch = multi_gpu.read_launches(tmp_path)["ddp1"]
+    assert [r["activation"] for r in launch["throughput"]] == ["kgelu", "gelu", "kgelu-engine"]
+    assert all(len(r["step_s"]) == 3 for r in launch["throughput"])  # steps 3, 4, 5
+    assert multi_gpu.main(["--tiny", "--compare", str(tmp_path), "--results", str(tmp_path / "rows")]) == 0
+    rows = {(r["what"], r["variant"], r["metric"]): r for r in harness.read_rows(tmp_path / "rows" / "cpu-test.csv")}
+    assert float(rows["multi_gpu_throughput", "ddp1/kgelu", "step_ms"]["p50"]) > 0
+    for metric in ("lambda_star_exact", "resume_lambda_identical"):
+        assert rows["multi_gpu_exactness", "ddp1", metric]["p50"] == "1"
+    assert rows["multi_gpu_exactness", "ddp1", "resume_max_abs_weight_diff"]["p50"] == "0"
+
+
 def test_choose_picks_changes_that_beat_the_defaults_where_they_act():
     sweep = {
         ("bf16", "site", "defaults"): {"fwd_device_us": 10.0, "fwd_bwd_device_us": 20.0},
@@ -198,6 +219,43 @@ def test_choose_picks_changes_that_beat_the_defaults_where_they_act():
             for (dtype, layout, change), times in sweep.items() for m, v in times.items()]
     rows += [row(what="kernel_sweep", variant="site: defaults", metric="fwd_device_us", p50="99", date="d0")]
     assert kernel.last_sweep(rows[-1:] + rows[:-1]) == sweep
+
+
+def _launch_result(tag: str, world: int, step_ms: dict, sync_checks: int, exact: bool) -> dict:
+    """A launch's JSON as benchmarks.multi_gpu writes it (GPT-2 small only)."""
+    throughput = [{"model": "gpt2", "activation": variant, "world_size": world, "per_device_batch": 8, "step_ms": ms,
+                   "step_s": [ms / 1000, ms / 1000 * 1.02, ms / 1000 * 0.98], "unit": "tokens", "peak_mem_gib": 10.0,
+                   **({"sync": {"checked_steps": list(range(sync_checks)), "switch_step": 15, "last_diff": 0.0}} if variant != "gelu" else {})}
+                  for variant, ms in step_ms.items()]
+    lam = {str(s): [[1.0 + s]] for s in range(1, 25)}
+    exactness = {"first": {"lam": lam, "checked_steps": list(range(1, 25)), "switch_step": 6, "lambda_star_exact": True},
+                 "resumed": {"lam": {k: v for k, v in lam.items() if int(k) > 12}}, "saves_per_rank": [2] + [0] * (world - 1)}
+    return {"tag": tag, "precision": "bf16", "world_size": world, "throughput": throughput, "exactness": exactness if exact else None}
+
+
+def test_multi_gpu_launches_become_the_engine_table(tmp_path, monkeypatch):
+    """Launch results (one JSON line each) → rows → the table: engine × GPUs per model, the ratio to GELU,
+    scaling against the same engine on 1 GPU (else DDP's), θ sync, resume; and the split of λ-GELU's step."""
+    from benchmarks import multi_gpu
+
+    launches = [
+        _launch_result("ddp1", 1, {"kgelu": 60.0, "gelu": 59.0}, 0, True),
+        _launch_result("ddp2", 2, {"kgelu": 62.0, "gelu": 61.0, "kgelu-engine": 66.0, "kgelu-learn": 61.5}, 3, True),
+        _launch_result("zero3-2", 2, {"kgelu": 80.0, "gelu": 79.0}, 3, True),
+        _launch_result("zero3-1", 1, {"kgelu": 70.0, "gelu": 69.0}, 0, False),
+    ]
+    (tmp_path / "launches.jsonl").write_text("".join(__import__("json").dumps(r) + "\n" for r in launches))
+    monkeypatch.setenv(harness.KIND_ENV, "nvidia-h200-x2")
+    args = multi_gpu.parse_args(["--compare", str(tmp_path), "--results", str(tmp_path / "results")])
+    recorder = harness.Recorder.from_args(args, "benchmarks.multi_gpu", ["--compare", "OUT"])
+    multi_gpu.compare(tmp_path, tmp_path, args, recorder)
+    recorder.save()
+    text = report.render(tmp_path / "results")
+    assert "| gpt2-small 8x1024 | DDP | 2 | 264 258 | 268 590 | 1.02 | 0.97 / 0.97 | 3 checks, max Δθ 0.0 | λ identical, λ* exact |" in text
+    # scaling of ZeRO-3 against ZeRO-3 on 1 GPU (70 ms → 80 ms: 0.88), not against DDP's
+    assert "| gpt2-small 8x1024 | DeepSpeed ZeRO-3 | 2 | 204 800 | 207 392 | 1.01 | 0.88 / 0.87 |" in text
+    assert "| gpt2-small 8x1024 | DeepSpeed ZeRO-3 | 1 | 117 029 | 118 725 | 1.01 | — | — | – |" in text
+    assert "| gpt2-small 8x1024 | DDP × 2 | 1.02 | 1.08 | 1.01 |" in text  # θ outside / in the engine / no annealing
 
 
 # ---- the report ----------------------------------------------------------------------------------

@@ -7,20 +7,27 @@ multi-process work; the single-process twin runs here. What is checked:
   checkpoints written by rank 0 only, an exact resume, and the same λ trajectory, weights and
   ReLU model as one process with the same global batch;
 - the sync check raises on every rank when θ or the switch step differ;
-- FSDP2 (`fully_shard` with a bf16 parameter policy, as accelerate applies it): each λ-GELU site is
-  its own float32 unit replicated over the ranks (`shard_kgelu_sites`), θ stays whole and float32
-  in the forward, gets the global batch's mean gradient, and reads/writes/freezes correctly
-  through the DTensor while the blocks around it are sharded.
+- DDP keeps θ out of its buckets (`kgelu_theta_sync="auto"`): KGeluTrainer all-reduces θ's gradients;
+- FSDP2 through accelerate and KGeluTrainer (tests/engines_worker.py, bf16): θ outside the shards, a plain
+  float32 tensor on every rank, one all-reduce of all θ gradients per step, the global batch's gradient,
+  λ* exact, an exact resume; the old way (`kgelu_theta_sync="engine"`, `fully_shard` by hand: each site
+  its own float32 unit replicated over the ranks) still reads, writes and freezes θ through the DTensor;
+- DeepSpeed ZeRO-2 and ZeRO-3 through `accelerate launch --config_file scripts/accelerate_configs/deepspeed_zero*.yaml`
+  on DeepSpeed's CPU accelerator (skipped without deepspeed): θ's own group (lr × η, no weight decay), a float32 θ
+  in the forward next to DeepSpeed's bf16 parameter, λ* exact in the saved model, an exact resume; and the loud
+  errors for DeepSpeed configurations that would replace θ's group.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -43,17 +50,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch(config: Path, *worker_args) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+               "--main_process_port", str(_free_port()), *map(str, worker_args)]
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"accelerate launch failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
     out = tmp_path_factory.mktemp("distributed")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
-               "--main_process_port", str(_free_port()), str(HERE / "distributed_worker.py"), str(out)]
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"accelerate launch failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    _launch(CONFIG, HERE / "distributed_worker.py", out)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     return out, ranks
+
+
+def _engine_launch(tmp_path_factory, engine: str, config: Path):
+    out = tmp_path_factory.mktemp(engine)
+    _launch(config, HERE / "engines_worker.py", engine, out)
+    return out / engine, [json.loads((out / f"{engine}-rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def fsdp2(tmp_path_factory):
+    return _engine_launch(tmp_path_factory, "fsdp2", CONFIG)
+
+
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed")
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
+def zero(request, tmp_path_factory):
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("needs deepspeed (pip install deepspeed: no CUDA needed, it runs on its CPU accelerator)")
+    config = ROOT / "scripts" / "accelerate_configs" / f"deepspeed_zero{request.param}.yaml"
+    return _engine_launch(tmp_path_factory, f"zero{request.param}", config)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +104,15 @@ def test_two_processes_train_with_ddp(launched):
     for rank in ranks:
         assert rank["first"]["distributed_type"] == "DistributedType.MULTI_CPU"
         assert rank["first"]["num_processes"] == 2
+
+
+def test_ddp_leaves_theta_to_the_trainer(launched):
+    """θ is in DDP's ignore list (no bucket, no broadcast, no unused-parameter wait at the freeze); the
+    trainer's one all-reduce keeps it identical (the tests below) and equal to one process's."""
+    _, ranks = launched
+    for rank in ranks:
+        assert rank["first"]["theta_sync"] == "outside"
+        assert rank["first"]["ddp_ignored"] == ["transformer.h.0.mlp.act.theta", "transformer.h.1.mlp.act.theta"]
 
 
 def test_theta_identical_on_every_rank_at_every_logged_step(launched):
@@ -230,3 +272,200 @@ def test_fsdp2_wrap_list_leaves_out_the_class_holding_the_input_embeddings():
     other_policy = SimpleNamespace(fsdp_version=2, auto_wrap_policy=None, transformer_cls_names_to_wrap=None)
     assert keep_input_embeddings_wrappable(deit, other_policy) is None
     assert keep_input_embeddings_wrappable(deit) is None  # no accelerate FSDP2 state in this process
+
+
+# ---- FSDP2 through accelerate: θ outside the shards ---------------------------------------------------
+
+
+def _float32_lambda(lam: float) -> float:
+    """λ as the float32 θ that set_lambda writes produces it: what "λ* exactly" means."""
+    from hf_kgelu.modeling.module import KGELU
+
+    site = KGELU()
+    site.set_lambda(lam)
+    return site.lam.item()
+
+
+def _resumed_exactly(out: Path, r0: dict, r1: dict) -> None:
+    for rank in (r0, r1):
+        assert rank["resumed"]["checked_steps"] == [5, 6, 7, 8]
+        for step in range(5, 9):  # θ learned on (5, 6) from the restored optimizer, then the schedule
+            assert rank["resumed"]["lam"][str(step)] == rank["first"]["lam"][str(step)], step
+    assert r0["resumed"]["saved_theta"] == r0["first"]["saved_theta"]
+    first = load_file(str(out / "run" / "checkpoint-8" / "model.safetensors"))
+    resumed = load_file(str(out / "resumed" / "checkpoint-8" / "model.safetensors"))
+    for name, value in first.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_fsdp2_keeps_theta_outside_the_shards(fsdp2):
+    _, (r0, r1) = fsdp2
+    for rank in (r0, r1):
+        first = rank["first"]
+        assert first["distributed_type"] == "DistributedType.FSDP" and first["engine"] == "fsdp2"
+        assert first["theta_sync"] == "outside"
+        assert first["block_weight_type"] == "DTensor"  # the blocks are sharded (bf16 compute)...
+        # ...θ is not: a plain float32 parameter, handed to the op in float32 next to bf16 activations
+        assert {t["type"] for t in first["theta"]} == {"Parameter"} and {t["dtype"] for t in first["theta"]} == {"torch.float32"}
+        assert first["theta_type"] == "Parameter" and first["forward_theta_dtype"] == "torch.float32"
+        assert first["input_dtype"] == "torch.bfloat16"
+        # θ's own group survived accelerate's remapping of the optimizer: lr × η (10), no weight decay
+        theta_group = first["groups"][-1]
+        assert theta_group["size"] == 2 and theta_group["weight_decay"] == 0.0
+        assert theta_group["lr"] == pytest.approx(10 * first["groups"][0]["lr"])
+
+
+def test_fsdp2_one_all_reduce_of_theta_per_step(fsdp2):
+    _, (r0, r1) = fsdp2
+    for rank in (r0, r1):
+        # one call per optimizer step, reducing both θ while they learn (steps 1-6), nothing once frozen
+        assert rank["first"]["sync_calls"] == [2] * 6 + [0] * 2
+        assert rank["resumed"]["sync_calls"] == [2] * 2 + [0] * 2
+
+
+def test_fsdp2_theta_identical_on_every_rank_and_lambda_star_exact(fsdp2):
+    _, (r0, r1) = fsdp2
+    assert r0["first"]["checked_steps"] == r1["first"]["checked_steps"] == list(range(1, 9))
+    assert r0["first"]["lam"] == r1["first"]["lam"] and r0["resumed"]["lam"] == r1["resumed"]["lam"]
+    assert r0["first"]["switch_step"] == r0["first"]["anneal_start_step"] == 6
+    star = _float32_lambda(target_lambda(0.005))
+    assert r0["first"]["lam"]["8"] == [[star], [star]]
+    assert all(dtype == "torch.float32" and value == r0["first"]["saved_theta"]["transformer.h.0.mlp.act.theta"][1]
+               for dtype, value in r0["first"]["saved_theta"].values())
+    assert r0["first"]["gathered_lam"] == [[star], [star]] and r1["first"]["gathered_lam"] is None  # gather_full_model
+
+
+def test_fsdp2_theta_gradient_is_the_one_process_gradient_of_the_global_batch(fsdp2):
+    """After the all-reduce θ's gradient is that of the whole global batch in one process (float32 there,
+    bf16 activations under FSDP2), and neither rank's half alone."""
+    _, (r0, r1) = fsdp2
+    sys.path.insert(0, str(HERE))
+    import distributed_worker as worker
+
+    from hf_kgelu.modeling import trained_sites
+
+    def theta_grads(rows):
+        model = worker.tiny_gpt2()
+        batch = torch.tensor(rows)
+        model(input_ids=batch, labels=batch).loss.backward()
+        return torch.tensor([site.theta.grad.double().tolist() for _, site in trained_sites(model)])
+
+    reduced = torch.tensor(r0["first"]["first_sync_grads"])
+    assert r0["first"]["first_sync_grads"] == r1["first"]["first_sync_grads"]
+    full = theta_grads(r0["first"]["first_batch"] + r1["first"]["first_batch"])
+    torch.testing.assert_close(reduced, full, rtol=0.05, atol=1e-6)
+    for half in (theta_grads(r0["first"]["first_batch"]), theta_grads(r1["first"]["first_batch"])):
+        assert (half - full).abs().max() > 4 * (reduced - full).abs().max()
+
+
+def test_fsdp2_resumes_exactly(fsdp2):
+    out, (r0, r1) = fsdp2
+    _resumed_exactly(out, r0, r1)
+
+
+def test_theta_gradient_sync_with_sites_some_ranks_never_reached(fsdp2):
+    """A θ with a gradient on one rank only averages with zeros; one with none anywhere keeps none."""
+    _, ranks = fsdp2
+    for rank in ranks:
+        assert rank["partial"]["grads"] == [[1.5], [2.0], None]
+
+
+# ---- DeepSpeed ZeRO-2 / ZeRO-3 through accelerate launch -----------------------------------------------
+
+
+@needs_deepspeed
+def test_deepspeed_keeps_theta_group_and_a_float32_theta(zero):
+    _, (r0, r1) = zero
+    for rank in (r0, r1):
+        first = rank["first"]
+        assert first["distributed_type"] == "DistributedType.DEEPSPEED" and first["theta_sync"] == "engine"
+        # DeepSpeed casts every parameter to bf16; the op computes with the float32 θ kept from the masters
+        assert first["param_dtype"] == "torch.bfloat16" and first["input_dtype"] == "torch.bfloat16"
+        assert first["forward_theta_dtype"] == "torch.float32"
+        groups = first["groups"]  # DeepSpeed kept the Trainer's groups: θ's has lr × η and no weight decay
+        assert len(groups) == 3 and groups[-1]["weight_decay"] == 0.0
+        assert groups[-1]["lr"] == pytest.approx(10 * groups[0]["lr"])
+
+
+@needs_deepspeed
+def test_deepspeed_anneals_to_lambda_star_exactly_and_saves_it_in_float32(zero):
+    _, (r0, r1) = zero
+    assert r0["first"]["checked_steps"] == list(range(1, 9)) and r0["first"]["lam"] == r1["first"]["lam"]
+    star = _float32_lambda(target_lambda(0.005))
+    assert r0["first"]["lam"]["8"] == [[star], [star]]
+    theta_star = r0["first"]["theta"][0]["float32_theta"]
+    assert r0["first"]["saved_theta"] == {name: ["torch.float32", theta_star] for name in r0["first"]["theta_names"]}
+    assert r0["first"]["gathered_lam"] == [[star], [star]] and r1["first"]["gathered_lam"] is None  # the pipeline's copy
+    # the schedule starts from the λ learned by step 6, which moved (θ trained in its group)
+    assert all(abs(v[0] - 1.05) > 1e-3 for v in r0["first"]["lam"]["6"])
+
+
+@needs_deepspeed
+def test_deepspeed_resumes_exactly(zero):
+    out, (r0, r1) = zero
+    _resumed_exactly(out, r0, r1)
+
+
+# ---- the choices and the loud errors, without processes -------------------------------------------------
+
+
+def test_theta_sync_mode_per_engine():
+    from hf_kgelu.training.theta_sync import resolve_mode
+
+    assert resolve_mode("auto", "ddp") == resolve_mode("auto", "fsdp2") == "outside"
+    assert resolve_mode("engine", "ddp") == resolve_mode("auto", "deepspeed") == resolve_mode("auto", "fsdp1") == "engine"
+    assert resolve_mode("auto", "ddp", reduces_theta=False) == "engine"  # a stock Trainer: θ stays in DDP
+    with pytest.raises(ValueError, match="not available under DeepSpeed"):
+        resolve_mode("outside", "deepspeed")
+    with pytest.raises(ValueError, match="KGeluTrainer does"):
+        resolve_mode("outside", "ddp", reduces_theta=False)
+    with pytest.raises(ValueError, match="kgelu_theta_sync must be one of"):
+        resolve_mode("fast", "ddp")
+
+
+def test_deepspeed_configs_that_replace_theta_group_are_refused_loudly(monkeypatch):
+    from hf_kgelu.training import zero
+    from hf_kgelu.training.zero import KGeluDeepSpeedError, KGeluZeroCallback, check_deepspeed_config
+
+    check_deepspeed_config({"zero_optimization": {"stage": 3}, "bf16": {"enabled": True}})  # accelerate's own: fine
+    config = {"optimizer": {"type": "AdamW", "params": {"lr": "auto"}}, "scheduler": {"type": "WarmupLR"},
+              "zero_optimization": {"stage": 2}}
+    with pytest.raises(KGeluDeepSpeedError) as caught:
+        check_deepspeed_config(config)
+    message = str(caught.value)
+    assert '"optimizer" block (AdamW)' in message and '"scheduler" block (WarmupLR)' in message
+    assert "Delete the block" in message and "own optimizer group" in message
+    # wired into the trainer's callback: refused when the trainer is built under DeepSpeed, not at the first save
+    sys.path.insert(0, str(HERE))
+    import distributed_worker as worker
+
+    monkeypatch.setattr(zero, "current_engine", lambda: "deepspeed")
+    args = SimpleNamespace(hf_deepspeed_config=SimpleNamespace(config=config))
+    with pytest.raises(KGeluDeepSpeedError):
+        KGeluZeroCallback().prepare(worker.tiny_gpt2(), args)
+    KGeluZeroCallback().prepare(worker.tiny_gpt2(), SimpleNamespace(hf_deepspeed_config=SimpleNamespace(config={})))
+
+
+def test_float32_theta_is_what_the_forward_computes_with():
+    """Under DeepSpeed θ is a bf16 parameter; the site reads, writes and computes with its float32 copy, and
+    the gradient still reaches the parameter."""
+    from hf_kgelu.modeling.module import KGELU
+    from hf_kgelu.training.zero import float32_theta_state
+
+    site, reference = KGELU(), KGELU()
+    site.theta.data = site.theta.data.to(torch.bfloat16)
+    site.float32_theta = reference.theta.detach().clone()
+    for s in (site, reference):
+        s.set_lambda(159.577)
+    assert site.float32_theta.dtype == torch.float32 and torch.equal(site.float32_theta, reference.theta.detach())
+    assert site.lam.item() == reference.lam.item()
+    x = torch.randn(64, dtype=torch.bfloat16)
+    y, y_reference = site(x), reference(x)
+    assert torch.equal(y, y_reference)  # computed with the float32 θ, not the bf16 one
+    y.float().sum().backward()
+    y_reference.float().sum().backward()
+    assert site.theta.grad is not None and site.theta.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(site.theta.grad.float(), reference.theta.grad, rtol=1e-2, atol=0)
+    model = torch.nn.Sequential(site)
+    state = float32_theta_state(model, {"0.theta": site.theta.detach().clone()})
+    assert state["0.theta"].dtype == torch.float32 and torch.equal(state["0.theta"], site.float32_theta)

@@ -309,11 +309,14 @@ def test_load_best_model_at_end_is_what_substitution_evaluates(tmp_path, caplog)
 
 
 def test_ddp_unused_parameter_detection_is_kept_on_when_annealing_under_checkpointing(tmp_path):
-    # Verified on 2 GPUs (tests/test_trainer_gpu.py): without it DDP fails once θ stops getting gradients.
+    # With θ inside DDP (kgelu_theta_sync="engine"), verified on 2 GPUs (tests/test_trainer_gpu.py): without
+    # it DDP fails once θ stops getting gradients. θ outside DDP (the default) leaves DDP nothing to wait for.
     def chosen(**overrides):
         return KGeluTrainer(model=tiny_gpt2(), args=make_args(tmp_path, **overrides)).args.ddp_find_unused_parameters
 
-    assert chosen(gradient_checkpointing=True) is True
-    assert chosen(gradient_checkpointing=True, ddp_find_unused_parameters=False) is False  # the user's choice
-    assert chosen(gradient_checkpointing=True, kgelu_anneal_start="none") is None  # θ never freezes
-    assert chosen() is None  # the Trainer's own default (find unused) stays in charge
+    engine = dict(kgelu_theta_sync="engine")
+    assert chosen(gradient_checkpointing=True, **engine) is True
+    assert chosen(gradient_checkpointing=True, ddp_find_unused_parameters=False, **engine) is False  # the user's choice
+    assert chosen(gradient_checkpointing=True, kgelu_anneal_start="none", **engine) is None  # θ never freezes
+    assert chosen(**engine) is None  # the Trainer's own default (find unused) stays in charge
+    assert chosen(gradient_checkpointing=True) is None  # θ outside DDP: no unused parameter to detect

@@ -98,7 +98,7 @@ model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=25
 args = KGeluTrainingArguments(output_dir={out!r}, max_steps=16, per_device_train_batch_size=8, learning_rate=3e-3,
                               bf16=True, report_to="none", disable_tqdm=True, save_strategy="no",
                               kgelu_anneal_start=0.25, gradient_checkpointing={checkpointing!r},
-                              ddp_find_unused_parameters={find_unused!r})
+                              ddp_find_unused_parameters={find_unused!r}, kgelu_theta_sync={theta_sync!r})
 KGeluTrainer(model=model, args=args, train_dataset=ByteBlocks()).train()
 rank = int(os.environ["RANK"])
 json.dump([s.lam.tolist() for _, s in trained_sites(model)], open(os.path.join({out!r}, f"rank{{rank}}.json"), "w"))
@@ -106,9 +106,11 @@ json.dump([s.lam.tolist() for _, s in trained_sites(model)], open(os.path.join({
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
-@pytest.mark.parametrize("checkpointing, find_unused", [(False, None), (True, None), (True, True)])
-def test_ddp_two_gpus_anneal_identically(tmp_path, checkpointing, find_unused):
-    """DDP: freezing θ mid-run must not stall gradient reduction, and every rank ends at λ*."""
+@pytest.mark.parametrize("checkpointing, find_unused, theta_sync",
+                         [(False, None, "auto"), (True, None, "auto"), (True, None, "engine"), (True, True, "engine")])
+def test_ddp_two_gpus_anneal_identically(tmp_path, checkpointing, find_unused, theta_sync):
+    """DDP: freezing θ mid-run must not stall gradient reduction, and every rank ends at λ*, with θ outside
+    DDP (the default: one all-reduce by the trainer) and inside it (its buckets)."""
     import os
     import subprocess
     import sys
@@ -116,7 +118,8 @@ def test_ddp_two_gpus_anneal_identically(tmp_path, checkpointing, find_unused):
 
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER.format(tests=str(Path(__file__).parent), out=str(tmp_path),
-                                        checkpointing=checkpointing, find_unused=find_unused))
+                                        checkpointing=checkpointing, find_unused=find_unused,
+                                        theta_sync=theta_sync))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script)],
                    check=True, env=env, timeout=300, cwd=tmp_path)

@@ -4,39 +4,96 @@ from __future__ import annotations
 
 import re
 
+from collections.abc import Iterable
+
 from benchmarks.report.tables import Index, Results, groups, model_rank, num, ratio, table, topic
 
-ENGINES = {"ddp": "DDP", "fsdp": "FSDP2"}
+ENGINES = {"ddp": "DDP", "fsdp": "FSDP2", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3"}
+VARIANTS = (("kgelu", "θ outside the engine (default)"), ("kgelu-engine", "θ in the engine"), ("kgelu-learn", "no annealing"))
 
 
 def _engine(tag: str) -> tuple[str, int]:
-    m = re.fullmatch(r"([a-z]+?)(\d+)", tag)
+    """Launch tag → (engine, GPUs): ddp1, ddp2, fsdp1, fsdp2 (FSDP2 on 1 / 2 GPUs), zero2-1, …, zero3-2."""
+    m = re.fullmatch(r"(zero[23])-(\d+)", tag) or re.fullmatch(r"([a-z]+?)(\d+)", tag)
     return (ENGINES.get(m.group(1), m.group(1)), int(m.group(2))) if m else (tag, 0)
+
+
+def _one_gpu_tag(tag: str, tags: Iterable[str]) -> str:
+    """The 1-GPU launch a tag's scaling is measured against: the same engine's, else DDP's."""
+    engine, _ = _engine(tag)
+    same = [t for t in tags if _engine(t) == (engine, 1)]
+    return same[0] if same else "ddp1"
+
+
+def _sync_cell(sync: Index, tag: str, shape: str) -> tuple[str, list]:
+    checks, diff = sync.get(tag, shape, "theta_sync_checks"), sync.get(tag, shape, "theta_sync_max_diff")
+    if _engine(tag)[1] < 2 or checks is None:
+        return "—", []
+    return f"{num(float(checks['p50']), 0)} checks, max Δθ {num(float(diff['p50']), 1) if diff else '–'}", [checks, diff]
+
+
+def _resume_cell(exact: Index, tag: str) -> tuple[str, list]:
+    same, star = exact.get(tag, "resume_lambda_identical"), exact.get(tag, "lambda_star_exact")
+    if same is None:
+        return "–", []
+    weights = exact.get(tag, "resume_max_abs_weight_diff")
+    text = "λ identical" if float(same["p50"]) == 1 else "**λ differs**"
+    if weights is not None:
+        text += f", weights Δ {_sci(float(weights['p50']), 3)}"
+    if star is not None:
+        text += ", λ* exact" if float(star["p50"]) == 1 else ", **λ* off**"
+    return text, [same, weights, star]
 
 
 def throughput_table(res: Results) -> list[str]:
     parts = []
+    sync = Index(res.of("multi_gpu_sync"), ("variant", "shape", "metric"))
+    exact = Index(res.of("multi_gpu_exactness"))
     for (kind,), rows in groups(res.of("multi_gpu_throughput"), "kind").items():
         idx = Index(rows, ("shape", "variant", "metric"))
-        body = []
         for (shape,), block in sorted(groups(rows, "shape").items(), key=lambda kv: model_rank(kv[0][0])):
             unit = next(r["metric"] for r in block if r["metric"].endswith("_per_s"))
-            for tag in dict.fromkeys(r["variant"].split("/")[0] for r in block):
+            tags = list(dict.fromkeys(r["variant"].split("/")[0] for r in block))
+            body = []
+            for tag in sorted(tags, key=lambda t: (list(ENGINES.values()).index(_engine(t)[0]) if _engine(t)[0] in ENGINES.values() else 9,
+                                                   _engine(t)[1])):
                 k, g = (idx.get(shape, f"{tag}/{a}", unit) for a in ("kgelu", "gelu"))
                 world = idx.value(shape, f"{tag}/kgelu", "world_size") or _engine(tag)[1]
-                one = [idx.value(shape, f"ddp1/{a}", unit) for a in ("kgelu", "gelu")]
+                one = [idx.value(shape, f"{_one_gpu_tag(tag, tags)}/{a}", unit) for a in ("kgelu", "gelu")]
                 scaling = (" / ".join(ratio(float(r["p50"]), world * b, 2) for r, b in zip((k, g), one, strict=True))
                            if world > 1 and k and g and all(one) else "—")
-                engine = _engine(tag)[0]
-                body.append(([shape.removesuffix(" per GPU"), engine, str(int(world)),
+                sync_text, sync_rows = _sync_cell(sync, tag, shape)
+                resume_text, resume_rows = _resume_cell(exact, tag)
+                step = [idx.get(shape, f"{tag}/{a}", "step_ms") for a in ("kgelu", "gelu")]
+                body.append(([shape.removesuffix(" per GPU"), _engine(tag)[0], str(int(world)),
                               f"{float(k['p50']):,.0f}".replace(",", " ") if k else "–", f"{float(g['p50']):,.0f}".replace(",", " ") if g else "–",
-                              scaling, ratio(idx.value(shape, f"{tag}/kgelu", "step_ms"), idx.value(shape, f"{tag}/gelu", "step_ms"), 2)],
-                             [k, g]))
+                              ratio(idx.value(shape, f"{tag}/kgelu", "step_ms"), idx.value(shape, f"{tag}/gelu", "step_ms"), 2),
+                              scaling, sync_text, resume_text],
+                             [k, g, *step, *sync_rows, *resume_rows]))
             unit_text = unit.replace("_per_s", "/s")
-            parts.append(f"**Throughput** ({unit_text}; every process's batch counted):\n\n" + table(
-                ["model", "engine", "GPUs", "λ-GELU", "GELU", "scaling efficiency λ-GELU / GELU", "λ-GELU / GELU step time"], body, "lllrrrr"))
-            body = []
+            parts.append(f"**Throughput** ({unit_text}, median step; every process's batch counted; resume: the tiny GPT-2 "
+                         "run of the same launch, below):\n\n" + table(
+                ["model", "engine", "GPUs", "λ-GELU", "GELU", "λ-GELU / GELU step time", "scaling efficiency λ-GELU / GELU",
+                 "θ sync across ranks", "resume"], body, "lllrrrrll"))
+            parts += _variants_table(idx, shape, tags)
     return parts
+
+
+def _variants_table(idx: Index, shape: str, tags: list[str]) -> list[str]:
+    """Where λ-GELU's time goes: its step over GELU's with θ outside / inside the engine / without annealing."""
+    tags = [t for t in tags if idx.get(shape, f"{t}/kgelu-engine", "step_ms") or idx.get(shape, f"{t}/kgelu-learn", "step_ms")]
+    if not tags:
+        return []
+    body = []
+    for tag in tags:
+        gelu = idx.value(shape, f"{tag}/gelu", "step_ms")
+        cells = [ratio(idx.value(shape, f"{tag}/{v}", "step_ms"), gelu, 2) for v, _ in VARIANTS]
+        body.append(([shape.removesuffix(" per GPU"), " × ".join(map(str, _engine(tag))), *cells],
+                     [idx.get(shape, f"{tag}/{v}", "step_ms") for v, _ in VARIANTS]))
+    return ["**Where λ-GELU's step goes** (its median step over GELU's, same launch): θ kept out of the engine and "
+            "averaged in one all-reduce per step (`kgelu_theta_sync=\"auto\"`), θ synchronised by the engine "
+            "(`\"engine\"`: DDP's buckets, one float32 FSDP2 unit per site), and θ learning throughout (no anneal "
+            "schedule):\n\n" + table(["model", "engine × GPUs", *(text for _, text in VARIANTS)], body, "llrrr")]
 
 
 def exactness_tables(res: Results) -> list[str]:
@@ -57,6 +114,8 @@ def exactness_tables(res: Results) -> list[str]:
     if tags:
         checks = (("θ compared across ranks, every step", "theta_sync_checks", 0), ("anneal switch step", "anneal_switch_step", 0),
                   ("`save_pretrained` calls, rank 0 / rank 1", None, 0), ("resumed λ identical to uninterrupted (1 = yes)", "resume_lambda_identical", 0),
+                  ("resumed weights vs uninterrupted, largest abs difference", "resume_max_abs_weight_diff", 3),
+                  ("λ* reached exactly, float32 (1 = yes)", "lambda_star_exact", 0),
                   ("weights vs 1 GPU, largest abs difference", "max_abs_weight_diff_vs_1gpu", 3), ("largest \\|w\\|", "max_abs_weight", 1),
                   ("λ vs 1 GPU, largest relative difference", "max_rel_lambda_diff_vs_1gpu", 7))
         body = []
@@ -107,11 +166,15 @@ def scripts_table(res: Results) -> list[str]:
 
 def section(res: Results) -> str:
     intro = ("`KGeluTrainer` (λ-GELU, annealing included) against the stock `Trainer` (GELU) under `accelerate launch`: "
-             "GPT-2 small and DeiT-small, bf16, one timed window of optimizer steps 10–30 per cell (expect a few percent of "
-             "noise). Command: `bash benchmarks/run_multi_gpu.sh OUT` (three launches of `benchmarks.multi_gpu`: DDP with 1 "
-             "process, DDP with 2, FSDP2 with 2; then `--compare`). Under FSDP2 each λ-GELU site is its own float32 unit "
-             "whose θ every rank holds whole (a bf16 all-gather would round θ; empty shards of a one-element θ share data "
-             "pointer 0), so every step runs one more tiny all-gather and reduction per site. On CPU, "
-             "`tests/test_distributed.py` checks the same over gloo: θ identical across ranks at every logged step, λ "
-             "bit-identical between 2 × 4 DDP and 1 × 8, the checkpoint written once, an exact resume.")
+             "GPT-2 small and DeiT-small, bf16, the optimizer steps 10–30 of each run timed one by one (median, expect a "
+             "few percent of noise between runs). Command: `bash benchmarks/run_multi_gpu.sh OUT`: launches of "
+             "`benchmarks.multi_gpu` per engine (DDP, FSDP2, DeepSpeed ZeRO-2 and ZeRO-3, the configs of "
+             "`scripts/accelerate_configs/`) at 2 and 1 GPUs, then `--compare`; scaling efficiency is against the same "
+             "engine on 1 GPU, else DDP on 1. By default θ is kept out of DDP and FSDP2 (a plain float32 tensor on every "
+             "rank, one all-reduce of all θ gradients per step) and stays in DeepSpeed's optimizer in its own group, the "
+             "forward computing with a float32 θ (docs/multi_gpu.md). The runs of 2026-11-30 predate that: under FSDP2 "
+             "each site was its own float32 unit (one all-gather and reduction per site per step), today's "
+             "`kgelu_theta_sync=\"engine\"`. On CPU, `tests/test_distributed.py` checks the same over gloo (DDP, FSDP2 "
+             "through accelerate, DeepSpeed ZeRO-2 and ZeRO-3): θ identical across ranks at every logged step, float32, "
+             "λ* exact, θ's gradient that of the global batch, the checkpoint written once, an exact resume.")
     return topic("Multi-GPU", intro, [*throughput_table(res), *exactness_tables(res), *scripts_table(res)])

@@ -242,10 +242,11 @@ def train_and_relu_ize(
         trainer.save_model(args.output_dir)
 
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if trainer.is_fsdp_enabled:  # sharded: rank 0 measures and publishes a gathered plain copy (a collective)
-        from ..training.distributed import gather_full_model
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:  # sharded, or DeepSpeed's bf16 parameters:
+        from ..training.distributed import gather_full_model  # rank 0 measures and publishes a gathered plain
+        from ..training.zero import gather_deepspeed_model  # copy (a collective)
 
-        model = gather_full_model(model)
+        model = gather_deepspeed_model(trainer) if trainer.is_deepspeed_enabled else gather_full_model(model)
         model = model.to(args.device) if model is not None else None
     result = TrainResult(
         name=name or Path(args.output_dir).name, activation=activation, task=task, metric=metric.name,

@@ -12,15 +12,18 @@ from .distributed import (
 from .schedule import AnnealingSchedule
 from .tracking import EpochProgress, KGeluHistoryCallback
 from .trainer import KGeluTrainer
+from .zero import KGeluDeepSpeedError, KGeluZeroCallback
 
 __all__ = [
     "AnnealingSchedule",
     "EpochProgress",
     "KGeluDistributedCallback",
     "KGeluHardnessCallback",
+    "KGeluDeepSpeedError",
     "KGeluHistoryCallback",
     "KGeluTrainer",
     "KGeluTrainingArguments",
+    "KGeluZeroCallback",
     "ThetaSyncError",
     "check_theta_sync",
     "gather_full_model",

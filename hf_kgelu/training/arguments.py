@@ -17,6 +17,7 @@ from ..hardness import (
     target_lambda,
 )
 from .schedule import SHAPES, check_anneal_start
+from .theta_sync import THETA_SYNC_MODES
 
 REINIT_MODES = ("auto", "always", "never")
 DATA_BOUND = "data"  # per-site targets from the sites' real pre-activations (hf_kgelu.training.data_aware)
@@ -97,6 +98,14 @@ class KGeluTrainingArguments(TrainingArguments):
         metadata={"help": "record λ every N optimizer steps (and log then); None: at the Trainer's logging_steps"},
     )
 
+    kgelu_theta_sync: str = field(
+        default="auto",
+        metadata={"help": "where θ is synchronised over processes: auto (outside the engine under DDP and FSDP2: "
+                          "θ float32 and whole on every rank, one all-reduce of all θ gradients per step; inside "
+                          "DeepSpeed's optimizer, in its own group), outside, or engine (θ reduced by DDP's buckets, "
+                          "or one float32 FSDP2 unit per site: the previous behaviour)"},
+    )
+
     def __post_init__(self):
         self._validate_kgelu()  # before the (slower) stock checks, so a bad value fails first
         super().__post_init__()
@@ -155,6 +164,8 @@ class KGeluTrainingArguments(TrainingArguments):
             raise ValueError(
                 f"kgelu_target_lambda (λ*) must be a finite number ≥ 1 (λ = 1 is GELU), got {self.kgelu_target_lambda!r}"
             )
+        if self.kgelu_theta_sync not in THETA_SYNC_MODES:
+            raise ValueError(f"kgelu_theta_sync must be one of {', '.join(THETA_SYNC_MODES)}, got {self.kgelu_theta_sync!r}")
         if self.kgelu_log_every is not None and (
             isinstance(self.kgelu_log_every, bool) or not isinstance(self.kgelu_log_every, int) or self.kgelu_log_every < 1
         ):

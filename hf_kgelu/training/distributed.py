@@ -1,21 +1,25 @@
-"""λ-GELU under several processes (accelerate's DDP and FSDP2): θ kept float32 and in sync.
+"""λ-GELU under several processes (accelerate's DDP, FSDP2 and DeepSpeed ZeRO): θ float32 and in sync.
 
-- DDP: θ is an ordinary replicated parameter; its gradient is all-reduced with the rest, so every
-  rank applies the same update and holds the same θ bit for bit. The freeze at the anneal start
-  needs `find_unused_parameters` (see `KGeluTrainer`).
-- FSDP2 (`fully_shard`): θ is a DTensor between steps. `KGELU.lam` gathers it and
-  `KGELU.set_lambda` writes each rank's part, so the annealing callback works unchanged. Left in
-  a transformer block's unit, a (1,) θ is sharded like any parameter (rank 0 holds it, the others
-  an empty shard). With a low-precision `MixedPrecisionPolicy` (accelerate's bf16) FSDP2 would
-  all-gather θ in bf16 and λ = 1 + softplus(θ/τ) would come from a rounded θ (λ* ≈ 160 lands on
-  a 0.6-wide grid); and accelerate remaps the optimizer's parameters by data pointer, which is 0
-  for every empty shard. So under bf16 FSDP2 `shard_kgelu_sites` makes every λ-GELU site its own
-  FSDP2 unit on a (world × 1) mesh with a float32 policy: θ is kept whole (replicated) on every
-  rank by construction, its gradient all-reduced in float32 by FSDP2 itself, while the
-  activations it gates stay bf16. `KGeluDistributedCallback` does that at `on_init_end`.
-- `KGeluDistributedCallback` also checks, at every logged step, that all ranks hold the same θ and
-  agree on the step and on which sites are frozen (i.e. annealing started on the same step), and
-  logs `kgelu/theta_sync_max_diff`. A mismatch raises on every rank at once.
+`kgelu_theta_sync` ("auto", the default) chooses where θ is synchronised:
+
+- DDP and FSDP2 ("outside"): θ is kept out of the engine (`hf_kgelu.training.theta_sync`): DDP
+  ignores it, FSDP2 neither shards nor casts it (accelerate's `ignored_modules`), and
+  `KGeluTrainer` averages every θ gradient in ONE float32 all-reduce per optimizer step. θ is a
+  plain float32 tensor, whole and identical on every rank; freezing it needs no
+  `find_unused_parameters`.
+- "engine" (the previous behaviour, and what a stock Trainer gets): under DDP θ is an ordinary
+  replicated parameter (its freeze then needs `find_unused_parameters`, see `KGeluTrainer`); under
+  bf16 FSDP2 `shard_kgelu_sites` makes every site its own float32 FSDP2 unit on a (world × 1) mesh
+  (θ whole and float32, but one tiny all-gather and reduce-scatter per site per step). A θ left
+  in a block's unit would be all-gathered in bf16 (λ* ≈ 160 on a 0.6-wide grid), and the empty
+  shards of a (1,) θ share data pointer 0, which breaks accelerate's optimizer remapping.
+- DeepSpeed ZeRO-1/2/3: θ stays in DeepSpeed's optimizer, in its own group; `hf_kgelu.training.zero`
+  checks the configuration, keeps a float32 θ for the forward and writes the schedule into the
+  optimizer's float32 master copy.
+
+`KGeluDistributedCallback` also checks, at every logged step, that all ranks hold the same θ and
+agree on the step and on which sites are frozen (i.e. annealing started on the same step), and
+logs `kgelu/theta_sync_max_diff`. A mismatch raises on every rank at once.
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ from transformers import TrainerCallback
 
 from ..modeling.module import KGELU, is_sharded
 from ..modeling.sites import find_sites, trained_sites
+from .theta_sync import (
+    ThetaGradientSync,
+    broadcast_theta,
+    exclude_theta_from_ddp,
+    fsdp2_ignore_theta,
+    resolve_mode,
+    theta_parameters,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +68,28 @@ def _fsdp2_plugin():
     return plugin if plugin is not None and getattr(plugin, "fsdp_version", 1) == 2 else None
 
 
-def _fsdp2_low_precision_plugin():
-    """accelerate's FSDP2 plugin when it casts parameters to a low precision for compute, else None."""
-    plugin = _fsdp2_plugin()
+def _low_precision(plugin) -> bool:
+    """Whether an FSDP2 plugin casts parameters to a low precision for compute."""
     param_dtype = getattr(getattr(plugin, "mixed_precision_policy", None), "param_dtype", None)
-    if param_dtype is None or param_dtype == torch.float32:
+    return param_dtype is not None and param_dtype != torch.float32
+
+
+def current_engine() -> str | None:
+    """The engine accelerate runs this process under: "ddp", "fsdp2", "fsdp1", "deepspeed", or None
+    (one plain process)."""
+    try:
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import DistributedType
+    except ImportError:  # pragma: no cover - accelerate is a dependency
         return None
-    return plugin
+    kind = (AcceleratorState._shared_state or {}).get("distributed_type")
+    if kind == DistributedType.DEEPSPEED:
+        return "deepspeed"
+    if kind == DistributedType.FSDP:
+        return "fsdp2" if _fsdp2_plugin() is not None else "fsdp1"
+    if kind is not None and str(kind).split(".")[-1].startswith("MULTI_") and world_size() > 1:
+        return "ddp"
+    return None
 
 
 def keep_input_embeddings_wrappable(model: nn.Module, plugin=None) -> list[str] | None:
@@ -189,12 +216,17 @@ def check_theta_sync(model: nn.Module, step: int = 0, switch_step: int | None = 
 class KGeluDistributedCallback(TrainerCallback):
     """Keeps λ-GELU right under several processes (`KGeluTrainer` adds it; a no-op in one process).
 
-    - `on_init_end`: under FSDP2, `keep_input_embeddings_wrappable`; with a low-precision
-      parameter dtype, shards every λ-GELU site as its own float32 unit (`shard_kgelu_sites`)
-      before accelerate wraps the model. (Add it to a stock Trainer too for the first.)
+    - `on_init_end` (before accelerate wraps the model): under FSDP2 `keep_input_embeddings_wrappable`
+      (add the callback to a stock Trainer for that alone); then θ is set up for the engine
+      (`prepare`): kept out of DDP/FSDP2 ("outside"), or as before ("engine"); under DeepSpeed
+      `KGeluZeroCallback` (hf_kgelu.training.zero) does the rest.
+    - `on_train_begin`: "outside": every rank takes rank 0's θ.
     - every logged step (and the last): `check_theta_sync`, logged as `kgelu/theta_sync_max_diff`;
       `checked_steps` lists the steps checked and `switch_step` the first step every rank saw θ
       frozen (None before the switch).
+
+    `gradient_sync` is the all-reduce the training loop calls after backward in "outside" mode
+    (`reduces_theta`: KGeluTrainer sets it; a stock Trainer keeps θ in its engine).
     """
 
     def __init__(self, check_sync: bool = True):
@@ -202,30 +234,66 @@ class KGeluDistributedCallback(TrainerCallback):
         self.checked_steps: list[int] = []
         self.switch_step: int | None = None
         self.last_diff: float | None = None
+        self.reduces_theta = False
+        self.engine: str | None = None
+        self.theta_sync: str | None = None  # "outside" or "engine", once prepared
+        self.gradient_sync: ThetaGradientSync | None = None
+        self._sites: list[KGELU] | None = None
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is not None:
             keep_input_embeddings_wrappable(model)
-        plugin = _fsdp2_low_precision_plugin()
-        if model is None or plugin is None:
+            self.prepare(model, args)
+
+    def prepare(self, model: nn.Module, args) -> None:
+        """Set θ up for the engine this process runs under; call before accelerate wraps `model`
+        (KGeluTrainer calls it again for a model built by `model_init`)."""
+        self.engine = current_engine()
+        self.theta_sync = resolve_mode(getattr(args, "kgelu_theta_sync", "auto"), self.engine, self.reduces_theta)
+        self.gradient_sync = None
+        if not find_sites(model):
             return
+        if self.engine == "fsdp2":
+            self._prepare_fsdp2(model, args)
+        elif self.engine == "ddp" and self.theta_sync == "outside":
+            count = exclude_theta_from_ddp(model)
+            logger.info("DDP: %d θ kept out of DDP's buckets, averaged in one all-reduce per step", count)
+        if self.theta_sync == "outside":
+            self.gradient_sync = ThetaGradientSync([p for _, p in theta_parameters(model)])
+
+    def _prepare_fsdp2(self, model: nn.Module, args) -> None:
+        plugin = _fsdp2_plugin()
+        if self.theta_sync == "outside" and type(getattr(plugin, "cpu_offload", None)).__name__ == "CPUOffloadPolicy":
+            # offloaded shards keep their gradients on the CPU, θ's would be on the GPU: one gradient norm
+            # cannot span both devices, so θ stays in FSDP2 (float32 units of its own, offloaded with the rest)
+            logger.info("FSDP2 with CPU offload: θ kept in float32 FSDP2 units of its own (kgelu_theta_sync='engine')")
+            self.theta_sync = "engine"
+        outside = self.theta_sync == "outside"
+        if not outside and not _low_precision(plugin):
+            return  # θ in the blocks' units, float32 throughout
         if getattr(plugin, "cpu_ram_efficient_loading", False):
             raise ValueError(
-                "FSDP2 with cpu_ram_efficient_loading cannot load λ-GELU models whose θ is kept float32 in its own "
-                "FSDP unit: set `fsdp_cpu_ram_efficient_loading: false` in the accelerate config (as "
+                "FSDP2 with cpu_ram_efficient_loading cannot load the λ-GELU hardness θ, which is kept float32 "
+                f"{'outside the shards' if outside else 'in its own FSDP unit'} (accelerate's rank-0 broadcast only "
+                "fills sharded parameters): set `fsdp_cpu_ram_efficient_loading: false` in the accelerate config (as "
                 "scripts/accelerate_configs/fsdp.yaml does)"
             )
-        offload = getattr(plugin, "cpu_offload", None)
-        count = shard_kgelu_sites(model, offload_policy=offload)
+        if outside:
+            count = fsdp2_ignore_theta(plugin, model, getattr(args, "device", None) or "cpu")
+            logger.info("FSDP2: %d λ-GELU site(s) kept outside the shards (θ float32, one all-reduce per step)", count)
+            return
+        count = shard_kgelu_sites(model, offload_policy=getattr(plugin, "cpu_offload", None))
         if count:
             logger.info("FSDP2: %d λ-GELU site(s) sharded as float32 units (θ is not cast to %s)", count,
                         plugin.mixed_precision_policy.param_dtype)
 
     def _note_switch(self, state, model) -> None:
-        # Local and cheap (no collective), every step: the first step this rank sees every θ frozen.
+        # Local and cheap (no collective, the sites found once per run), every step: the first step this
+        # rank sees every θ frozen. (Between a step's end and the next step's first kernel the GPU waits.)
         if self.switch_step is None and model is not None:
-            sites = _sync_sites(model)
-            if sites and all(not site.theta.requires_grad for _, site in sites):
+            if self._sites is None:
+                self._sites = [site for _, site in _sync_sites(model)]
+            if self._sites and all(not site.theta.requires_grad for site in self._sites):
                 self.switch_step = state.global_step
 
     def _check(self, state, model) -> None:
@@ -237,7 +305,9 @@ class KGeluDistributedCallback(TrainerCallback):
         self.checked_steps.append(state.global_step)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.checked_steps, self.switch_step, self.last_diff = [], None, None
+        self.checked_steps, self.switch_step, self.last_diff, self._sites = [], None, None, None
+        if self.gradient_sync is not None:
+            broadcast_theta(self.gradient_sync.params)  # what DDP's wrap does for the parameters it owns
         self._note_switch(state, model)  # resumed past the switch: frozen from the start
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -270,6 +340,11 @@ def gather_full_model(model: nn.Module) -> nn.Module | None:
     if world_size() > 1 and torch.distributed.get_rank() != 0:
         return None
     cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # FSDP2 subclasses the model's class
+    return rebuild_from_state(cls, model, state)
+
+
+def rebuild_from_state(cls: type, model: nn.Module, state: dict) -> nn.Module:
+    """A fresh `cls(model.config)` (float32, on the CPU) loaded from a full state dict of `model`."""
     if not hasattr(model, "config"):
         raise TypeError(f"gather_full_model rebuilds transformers models from their config; {cls.__name__} has none")
     copy = cls(model.config)

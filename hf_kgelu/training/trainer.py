@@ -9,9 +9,12 @@ whose activations are λ-GELU (`hidden_act="kgelu"`, or a GELU model passed thro
   every other parameter is grouped exactly as the stock Trainer groups it, so the LambdaLR
   schedulers keep the θ/weight ratio;
 - adds the callbacks: the λ schedule (`KGeluHardnessCallback`: learn θ until the switch, then
-  freeze it and anneal λ to λ*), the trajectory file (`KGeluHistoryCallback`) and the
-  multi-process checks (`KGeluDistributedCallback`); the `kgelu/*` values join every training log,
-  so every `report_to` tracker receives them (as `train/kgelu/...`);
+  freeze it and anneal λ to λ*), the trajectory file (`KGeluHistoryCallback`), θ under several
+  processes (`KGeluDistributedCallback`: θ kept out of DDP/FSDP2, the sync check) and under
+  DeepSpeed (`KGeluZeroCallback`); the `kgelu/*` values join every training log, so every
+  `report_to` tracker receives them (as `train/kgelu/...`);
+- with θ outside DDP/FSDP2, averages all θ gradients over the ranks in one all-reduce per optimizer
+  step (`training_step`), and under DeepSpeed saves the float32 θ (`_save`) (docs/multi_gpu.md);
 - takes an `evaluate` module as `compute_metrics` (fed with predicted ids, see
   `hf_kgelu.metrics.as_trainer_metrics`);
 - resumes exactly: the schedule's state lives in every checkpoint's `trainer_state.json` (a damaged
@@ -38,6 +41,7 @@ from .annealing import KGeluHardnessCallback
 from .arguments import KGeluTrainingArguments
 from .card import CARD_TAGS, add_loading_section, write_checkpoint_card
 from .distributed import KGeluDistributedCallback
+from .zero import KGeluZeroCallback, float32_theta_state
 from .preparation import prepare_hardness, require_trained_sites
 from .tracking import HardnessLog, KGeluHistoryCallback
 
@@ -45,10 +49,11 @@ logger = logging.getLogger(__name__)
 
 
 def _keep_ddp_working_when_theta_freezes(model, args: KGeluTrainingArguments) -> None:
-    """θ stops receiving gradients at the switch; DDP without unused-parameter detection then fails with
-    "Expected to have finished reduction in the prior iteration". The Trainer turns detection off under
-    activation checkpointing, so turn it back on there (unless the user decided)."""
-    if args.kgelu_anneal_start is None or args.ddp_find_unused_parameters is not None:
+    """With θ inside DDP (`kgelu_theta_sync="engine"`) θ stops receiving gradients at the switch; DDP
+    without unused-parameter detection then fails with "Expected to have finished reduction in the prior
+    iteration". The Trainer turns detection off under activation checkpointing, so turn it back on there
+    (unless the user decided). θ outside DDP (the default) needs nothing."""
+    if args.kgelu_theta_sync != "engine" or args.kgelu_anneal_start is None or args.ddp_find_unused_parameters is not None:
         return
     checkpointing = any(getattr(args, name, False) for name in ("activation_checkpointing", "gradient_checkpointing"))
     checkpointing = checkpointing or any(
@@ -116,6 +121,12 @@ class KGeluTrainer(Trainer):
         for kind in (KGeluHardnessCallback, KGeluHistoryCallback, KGeluDistributedCallback):
             if not any(isinstance(cb, kind) or cb is kind for cb in callbacks):
                 callbacks.append(kind())
+        callbacks = [cb() if isinstance(cb, type) else cb for cb in callbacks]
+        for cb in callbacks:
+            if isinstance(cb, KGeluDistributedCallback):
+                cb.reduces_theta = True  # training_step all-reduces θ when it is kept outside DDP/FSDP2
+        # DeepSpeed: the float32 θ must exist before any other callback reads λ at train begin
+        callbacks = [KGeluZeroCallback(), *(cb for cb in callbacks if not isinstance(cb, KGeluZeroCallback))]
         self._hardness_log = HardnessLog()
         callbacks.append(self._hardness_log)
         self._kgelu_resume_dir: str | None = None
@@ -127,7 +138,23 @@ class KGeluTrainer(Trainer):
         prepare_hardness(model, self.args)
         if hasattr(self, "callback_handler"):  # train() rebuilds the model; callbacks must see the new one
             self.callback_handler.model = model
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, (KGeluDistributedCallback, KGeluZeroCallback)):
+                    callback.prepare(model, self.args)
         return model
+
+    @property
+    def distributed_callback(self) -> KGeluDistributedCallback | None:
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, KGeluDistributedCallback)), None)
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        """The stock step; then, with θ kept outside DDP/FSDP2, after the last backward of an accumulation
+        window, one all-reduce averages every θ gradient over the ranks (before clipping and the step)."""
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        distributed = self.distributed_callback
+        if distributed is not None and distributed.gradient_sync is not None and self.accelerator.sync_gradients:
+            distributed.gradient_sync()
+        return loss
 
     @property
     def hardness_callback(self) -> KGeluHardnessCallback | None:
@@ -236,6 +263,11 @@ class KGeluTrainer(Trainer):
         super().save_model(output_dir, _internal_call)
         if self.args.should_save:
             write_checkpoint_card(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if state_dict:  # DeepSpeed's gathered state dict holds θ in its training dtype: the float32 θ instead
+            state_dict = float32_theta_state(self.accelerator.unwrap_model(self.model), state_dict)
+        super()._save(output_dir, state_dict)
 
     def create_model_card(self, *args, **kwargs) -> None:
         """The stock draft card (push_to_hub writes it over README.md), tagged kgelu, with the loading section."""
