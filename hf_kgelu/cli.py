@@ -187,11 +187,20 @@ def _add_convert(subparsers) -> None:
     parser.add_argument("--method", default="readout_finetune", choices=METHODS,
                         help="readout_finetune (default): readout fit then fine-tune; readout: the fit alone (no training); "
                              "anneal: λ-GELU annealing fine-tune then relu_ize; swap_finetune: swap then fine-tune; swap: neither")
-    parser.add_argument("--calibration-batches", type=positive_int, default=8, help="batches of --data for the readout fit (default 8)")
+    parser.add_argument("--calibration-batches", type=positive_int, default=None,
+                        help="batches of --data for the readout fit (default: chosen from the data, enough for 8 rows per "
+                             "unknown of each readout's least-squares fit, or all of --data if it has fewer)")
     parser.add_argument("--distill", action="store_true",
                         help="add distillation from the original model to the task loss (always on for encoders without a "
                              "task head, whose only signal it is)")
-    parser.add_argument("--learning-rate", type=positive_float, default=2e-4, help="peak learning rate, linear decay (default 2e-4)")
+    parser.add_argument("--learning-rate", type=positive_float, default=None,
+                        help="peak learning rate, linear decay (default: chosen from the checkpoint: 0.3 × the peak rate its "
+                             "training_args.bin or trainer_state.json records, else 2e-5, the rate pretrained models are fine-tuned at)")
+    parser.add_argument("--held-out", type=positive_float, default=0.1, metavar="FRACTION",
+                        help="without --eval-data: the share of --data (at most 512 rows) held out to check the fine-tuned model "
+                             "against the readout fit alone, keeping the better (default 0.1)")
+    parser.add_argument("--no-keep-better", action="store_true",
+                        help="return the fine-tuned model unchecked, trained on all of --data")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="training batch size (default 16)")
     parser.add_argument("--anneal-start", type=fraction, default=0.0, help="--method anneal: fraction of the budget before λ moves (default 0)")
     parser.add_argument("--anneal-shape", default="geometric", choices=("geometric", "linear"), help="--method anneal: λ schedule")
@@ -202,7 +211,8 @@ def _add_convert(subparsers) -> None:
     parser.add_argument("--split", help="split of a DatasetDict --data folder (default train)")
     parser.add_argument("--task", choices=(*TASKS, "embedding"), help="default: from the model")
     parser.add_argument("--eval-data", help="evaluate GELU vs ReLU on this folder / text file and put the numbers in the card "
-                        "(encoders: mean cosine of sentence embeddings, one sentence per line)")
+                        "(encoders: mean cosine of sentence embeddings, one sentence per line); also the held-out data on "
+                        "which the fine-tuned model is checked against the readout fit alone")
     parser.add_argument("--eval-split", help="split of a DatasetDict --eval-data folder")
     parser.add_argument("--seed", type=int, default=0)
     _add_card_options(parser)
@@ -219,7 +229,8 @@ def _run_convert(args) -> int:
         method=args.method, steps=steps_from_budget(args.budget, args.checkpoint), learning_rate=args.learning_rate,
         batch_size=args.batch_size, seed=args.seed, calibration_batches=args.calibration_batches,
         distill=True if args.distill else None, anneal_start=args.anneal_start, anneal_shape=args.anneal_shape,
-        bound=args.bound, tolerance=args.tolerance, task=args.task,
+        bound=args.bound, tolerance=args.tolerance, task=args.task, keep_better=not args.no_keep_better,
+        held_out_fraction=args.held_out,
     )
     evaluation = LocalData(args.eval_data, split=args.eval_split, block_size=args.block_size) if args.eval_data else None
     published = convert_checkpoint(

@@ -404,11 +404,15 @@ def embedding_cosine(model: nn.Module, reference: nn.Module, batches) -> float:
     total, count = 0.0, 0
     for module in (model, reference):
         module.eval()
+
+    def embedded(module, inputs):  # on the module's own device; the two models may sit on different ones
+        device = _model_device(module)
+        inputs = {k: torch.as_tensor(v).to(device) for k, v in inputs.items()}
+        return mean_pooled(module(**inputs).last_hidden_state, inputs.get("attention_mask")).float().cpu()
+
     for batch in batches:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        a = mean_pooled(model(**inputs).last_hidden_state, inputs.get("attention_mask"))
-        b = mean_pooled(reference(**inputs).last_hidden_state, inputs.get("attention_mask"))
-        cos = F.cosine_similarity(a.float(), b.float(), dim=-1)
+        cos = F.cosine_similarity(embedded(model, inputs), embedded(reference, inputs), dim=-1)
         total += float(cos.sum())
         count += cos.numel()
     if count == 0:

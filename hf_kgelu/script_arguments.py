@@ -66,7 +66,10 @@ class ConversionArguments:
                           "--max_steps (or --num_train_epochs) optimizer steps, and save it in relu_output_dir (--activation is "
                           "not used; see hf-kgelu convert)"},
     )
-    convert_calibration_batches: int = field(default=8, metadata={"help": "--convert_from_gelu readout*: batches for the readout fit"})
+    convert_calibration_batches: int | None = field(
+        default=None, metadata={"help": "--convert_from_gelu: batches for the readout fit (default: chosen from the data, "
+                                        "8 rows per unknown of each readout's least-squares fit)"}
+    )
     convert_distill: bool = field(
         default=False, metadata={"help": "--convert_from_gelu: add distillation from the GELU original to the task loss"}
     )

@@ -156,7 +156,8 @@ def run_model(name, gelu, train, evaluation, *, task, metric, pretrain_steps, lr
 
 
 def _convert(gelu, train, steps, method, distill, bound, shape, task, lr, batch_size, output_dir, collator, callback, fitted):
-    settings = dict(steps=steps, method=method, distill=distill, task=task, learning_rate=lr, batch_size=batch_size)
+    # keep_better=False: each recipe's own result, trained on all the data (the held-out check would hide it)
+    settings = dict(steps=steps, method=method, distill=distill, task=task, learning_rate=lr, batch_size=batch_size, keep_better=False)
     if bound is not None:
         settings.update(bound=bound, tolerance=DATA_TOLERANCE if bound == "data" else 0.005, anneal_shape=shape)
     return convert_gelu_to_relu(

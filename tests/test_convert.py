@@ -1,6 +1,7 @@
 """Converting a pretrained GELU model to ReLU: the recipes, distillation, the budget, `hf-kgelu convert`."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -131,12 +132,15 @@ def test_convert_command(tmp_path, pretrained, capsys):
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "for 10 steps" in printed and "perplexity: GELU" in printed  # 25 % of the 40 pretraining steps
+    assert "returned model: kept " in printed and "on the evaluation data (" in printed  # --eval-data decided
+    assert "learning rate: " not in printed and "calibration batches: 5 (chosen: " in printed  # given / chosen
     config = json.loads((out / "config.json").read_text())
     assert config["activation_function"] == "relu" and not any(k.startswith("kgelu_") for k in config)
     card = (out / "README.md").read_text()
     assert (out / "model.safetensors").is_file() and "`hf-kgelu convert`" in card and "least squares" in card
     assert "without any training" not in card and "direct-swap baseline" not in card  # the card says what was done
     assert "| this model (ReLU) |" in card
+    assert "| learning rate | 0.001 |" in card and "| returned model | kept " in card
     reloaded = GPT2LMHeadModel.from_pretrained(str(out))
     assert _activations(reloaded) == {"ReLU"}
     assert not list(tmp_path.glob("relu.*"))  # no trainer folder left beside the output
@@ -217,3 +221,146 @@ def test_readout_recipe_beats_the_swap_on_a_trained_model(tmp_path, pretrained):
            for name, m in (("gelu", gelu), ("swap", swap.model), ("fit", fitted.model), ("tuned", tuned.model))}
     assert ppl["fit"] < ppl["swap"] and ppl["tuned"] < ppl["swap"]
     assert abs(ppl["fit"] - ppl["gelu"]) < abs(ppl["swap"] - ppl["gelu"]) / 2  # most of the gap closed without training
+
+
+# ---- defaults chosen from the checkpoint and the data; never worse than the no-training fit
+
+
+def test_conversion_config_leaves_choices_to_the_conversion():
+    config = ConversionConfig(steps=3)
+    assert config.learning_rate is None and config.calibration_batches is None and config.keep_better
+    assert config.held_out_fraction == 0.1
+    for bad in (dict(learning_rate=0.0), dict(calibration_batches=0), dict(keep_better="yes"), dict(held_out_fraction=1.0),
+                dict(held_out_fraction=0.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ConversionConfig(steps=3, **bad)
+
+
+def test_recorded_learning_rate_reads_the_checkpoint_without_unpickling(tmp_path, pretrained):
+    import pickle
+
+    from hf_kgelu.conversion import choose_learning_rate, recorded_learning_rate
+    from hf_kgelu.conversion.defaults import PRETRAINED_LR, RECORDED_LR_SHARE
+
+    _, checkpoint = pretrained  # trained at 3e-3; its trainer_state.json logged no rate (40 steps < logging_steps)
+    assert recorded_learning_rate(checkpoint) == (3e-3, "training_args.bin")
+    chosen = choose_learning_rate(checkpoint)
+    assert chosen.value == pytest.approx(RECORDED_LR_SHARE * 3e-3) and "training_args.bin" in chosen.reason
+    assert str(chosen).startswith("0.0009 (chosen: 0.3 × the peak rate 0.003")
+    state_only = tmp_path / "state"
+    state_only.mkdir()
+    (state_only / "trainer_state.json").write_text(json.dumps({"log_history": [{"learning_rate": 1e-4}, {"learning_rate": 2e-4},
+                                                                               {"loss": 1.0}]}))
+    assert recorded_learning_rate(state_only) == (2e-4, "trainer_state.json")
+    assert recorded_learning_rate(tmp_path / "nowhere") is None and recorded_learning_rate(None) is None
+    assert choose_learning_rate(tmp_path / "nowhere").value == PRETRAINED_LR == 2e-5
+
+    class Hostile:  # a pickle that would run a command if it were loaded
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'executed'}",))
+
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    (hostile / "training_args.bin").write_bytes(pickle.dumps({"learning_rate": 5e-5, "payload": Hostile()}))
+    assert recorded_learning_rate(hostile) == (5e-5, "training_args.bin") and not (tmp_path / "executed").exists()
+    (hostile / "training_args.bin").write_bytes(b"not a pickle")
+    assert recorded_learning_rate(hostile) is None
+
+
+def test_defaults_are_chosen_from_the_checkpoint_and_the_data(tmp_path, pretrained):
+    from hf_kgelu.conversion.defaults import ROWS_PER_UNKNOWN
+
+    gelu, checkpoint = pretrained
+    gelu = GPT2LMHeadModel.from_pretrained(str(checkpoint))  # knows the folder it came from
+    train = text_blocks()["train"]
+    result = convert_gelu_to_relu(gelu, train, ConversionConfig(steps=2, batch_size=8), output_dir=tmp_path)
+    assert set(result.choices) == {"learning_rate", "calibration_batches"}
+    assert result.settings["learning_rate"] == result.choices["learning_rate"].value == pytest.approx(9e-4)
+    # rows per readout: ROWS_PER_UNKNOWN × (4·32 inputs + bias) = 1032 → 32-token blocks in batches of 8 (256 rows): 5 batches
+    assert result.settings["calibration_batches"] == result.choices["calibration_batches"].value == 5
+    assert f"{5 * 256} rows per readout ≥ {ROWS_PER_UNKNOWN * 129}" in result.choices["calibration_batches"].reason
+    assert result.selection is not None and "18 rows held out of the 180 training rows" in result.selection.held_out
+    explicit = convert_gelu_to_relu(gelu, train, ConversionConfig(steps=2, batch_size=8, learning_rate=1e-3, calibration_batches=2,
+                                                                  keep_better=False), output_dir=tmp_path)
+    assert not explicit.choices and explicit.selection is None and explicit.selection_note is None
+    assert explicit.settings["learning_rate"] == 1e-3 and explicit.settings["calibration_batches"] == 2
+    few = convert_gelu_to_relu(gelu, train.select(range(3)), ConversionConfig(method="readout", batch_size=8))
+    assert few.settings["calibration_batches"] == 1 and "all 3 rows of the training data" in few.choices["calibration_batches"].reason
+
+
+def _same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_keep_better_keeps_the_readout_fit_when_the_fine_tune_hurts(tmp_path, pretrained):
+    from hf_kgelu.conversion.selection import FINE_TUNED, NO_TRAINING, split_held_out
+
+    gelu, _ = pretrained
+    blocks = text_blocks()
+    train, held_out, _ = split_held_out(blocks["train"], 0.1, 0)
+    fit = convert_gelu_to_relu(gelu, train, ConversionConfig(method="readout", batch_size=8, calibration_batches=4))
+    ruined = convert_gelu_to_relu(gelu, blocks["train"], ConversionConfig(steps=6, batch_size=8, calibration_batches=4,
+                                                                          learning_rate=0.5), output_dir=tmp_path)
+    choice = ruined.selection
+    assert choice.kept == NO_TRAINING and choice.fine_tuned > 2 * choice.no_training and not ruined.fine_tuned
+    assert _same_weights(ruined.model, fit.model)  # the very readout fit, on the rows that were not held out
+    assert evaluate_model(ruined.model, held_out)["perplexity"] == pytest.approx(choice.no_training, rel=1e-6)
+    helped = convert_gelu_to_relu(gelu, blocks["train"], ConversionConfig(steps=10, batch_size=8, calibration_batches=4,
+                                                                          learning_rate=3e-3), output_dir=tmp_path)
+    assert helped.selection.kept == FINE_TUNED and helped.fine_tuned and helped.selection.fine_tuned < helped.selection.no_training
+    assert not _same_weights(helped.model, fit.model)
+    assert evaluate_model(helped.model, held_out)["perplexity"] == pytest.approx(helped.selection.fine_tuned, rel=1e-6)
+    # given evaluation data, that is the held-out data, and all the training rows train
+    checked = convert_gelu_to_relu(gelu, blocks["train"], ConversionConfig(steps=2, batch_size=8, learning_rate=0.5),
+                                   eval_dataset=blocks["validation"], output_dir=tmp_path)
+    assert checked.selection.kept == NO_TRAINING and checked.selection.held_out == f"the evaluation data ({len(blocks['validation'])} rows)"
+
+
+def test_keep_better_compares_other_recipes_with_the_readout_fit(tmp_path, pretrained):
+    from hf_kgelu.conversion.selection import NO_TRAINING, READOUT_FIT
+
+    gelu, _ = pretrained
+    result = convert_gelu_to_relu(gelu, text_blocks()["train"], ConversionConfig(method="swap_finetune", steps=4, batch_size=8,
+                                                                                 learning_rate=0.5), output_dir=tmp_path)
+    assert result.selection.kept == NO_TRAINING and result.selection.baseline == READOUT_FIT
+    assert _activations(result.model) == {"ReLU"} and result.settings["calibration_batches"] >= 1
+
+
+def _tiny_encoder_folder(folder, sentences):
+    from transformers import BertTokenizerFast
+
+    words = sorted({word for line in sentences for word in line.lower().split() if word.isalpha()})
+    vocab = folder / "vocab.txt"
+    folder.mkdir()
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    torch.manual_seed(0)
+    config = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=len(tokenizer), max_position_embeddings=64, hidden_act="gelu")
+    encoder = BertModel(config)
+    with torch.no_grad():  # make the MLPs matter, so the swap costs something
+        for layer in encoder.encoder.layer:
+            layer.output.dense.weight.mul_(20)
+    encoder.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def test_convert_command_with_only_a_budget_on_an_encoder(tmp_path, capsys):
+    from hf_kgelu.data import embedded_text
+
+    sentences = [" ".join(line.split()) for line in embedded_text().splitlines() if len(line.split()) >= 6][:240]
+    checkpoint, data, out = tmp_path / "encoder", tmp_path / "sentences.txt", tmp_path / "relu"
+    _tiny_encoder_folder(checkpoint, sentences)
+    data.write_text("\n".join(sentences) + "\n")
+    code = cli_main(["convert", str(checkpoint), "--budget", "4", "--data", str(data), "--output-dir", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "learning rate: 2e-05 (chosen: the checkpoint records no training rate" in printed
+    assert "calibration batches: " in printed and "rows per readout" in printed
+    assert "returned model: kept " in printed and "24 rows held out of the 240 training rows" in printed
+    card = (out / "README.md").read_text()
+    assert "| learning rate | 2e-05 (chosen: " in card and "| returned model | kept " in card and "(chosen: " in card
+    assert _activations(BertModel.from_pretrained(str(out))) == {"ReLU"}
+    assert cli_main(["convert", str(checkpoint), "--budget", "4", "--data", str(data), "--output-dir", str(tmp_path / "x"),
+                     "--held-out", "1.5"]) == 2
+    assert "held_out_fraction" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from ..conversion import (
     convert_gelu_to_relu,
     task_of,
 )
+from ..conversion.selection import READOUT_FIT
 from ..data import LocalData
 from ..metrics import (
     Comparison,
@@ -39,17 +40,34 @@ _DONE = {
 
 
 def conversion_details(result: ConversionResult, made_with: str, details: CardDetails | None = None) -> CardDetails:
-    """The card's account of a conversion: what was done, with which settings."""
+    """The card's account of a conversion: what was done, with which settings (and which of them were
+    chosen, and why), and which model was kept after the held-out comparison."""
     steps = f"{result.steps} fine-tuning step{'' if result.steps == 1 else 's'}"
     steps += " with distillation from the GELU original" if result.distill else ""
     training = {"conversion": f"{result.method}{' + distillation' if result.distill else ''}, {result.steps} steps"}
     if result.method == "anneal":
         training.update({key: result.settings.get(key) for key in ("anneal_start", "bound", "tolerance")})
-    if result.method.startswith("readout"):
-        training["readout fit"] = (f"least squares on {result.settings.get('calibration_batches')} batches of "
-                                   f"{result.settings.get('batch_size')}")
+    if result.steps:
+        choice = result.choices.get("learning_rate")
+        training["learning rate"] = str(choice) if choice else f"{result.settings.get('learning_rate'):g}"
+    if result.settings.get("calibration_batches"):
+        choice = result.choices.get("calibration_batches")
+        training["readout fit"] = (f"least squares on {result.settings['calibration_batches']} batches of "
+                                   f"{result.settings.get('batch_size')}" + (f" (chosen: {choice.reason})" if choice else ""))
+    selection = result.selection
+    text = _DONE[result.method].format(steps=steps)
+    if selection is not None:
+        training["returned model"] = selection.describe()
+        if result.fine_tuned:
+            text += f"; the fine-tuned model was kept after a check against {selection.baseline} ({selection.numbers})"
+        else:
+            kept = "readout" if selection.baseline == READOUT_FIT else "swap"
+            text = (f"{_DONE[kept]}. A fine-tune ({result.method}, {steps}) was run as well and discarded, because it was "
+                    f"worse than {selection.baseline} ({selection.numbers})")
+    elif result.selection_note:
+        training["returned model"] = f"the fine-tuned model, not checked against the no-training fit: {result.selection_note}"
     return replace(details or CardDetails(), made_by="conversion", made_with=made_with,
-                   conversion_text=_DONE[result.method].format(steps=steps), training=training)
+                   conversion_text=text, training=training)
 
 
 def measure_conversion(original, converted, data, task: str, batch_size: int = 32, collate=None) -> Comparison:
@@ -87,6 +105,8 @@ def convert_checkpoint(
 ) -> Published:
     """Load a GELU checkpoint (or take a loaded `Checkpoint`), convert it with `config` on `data`,
     measure original vs ReLU on `evaluation`, then write and push the folder (`publish`).
+    `evaluation` is also the held-out data on which a fine-tune is checked against the no-training
+    fit (`config.keep_better`); without it, part of `data` is held out for that.
 
     `data` and `evaluation` are files on disk (`LocalData`, read with the checkpoint's tokenizer) or
     datasets already prepared (rows of model inputs, batched by `data_collator`)."""
@@ -96,13 +116,20 @@ def convert_checkpoint(
     task = config.task or task_of(source.model)
     config = replace(config, task=task)
     train, collate = _rows(data, source, task, data_collator)
+    held_out, eval_collate = _rows(evaluation, source, task, data_collator) if evaluation is not None else (None, None)
     distilling = config.trains and (config.distill or (config.distill is None and task == "embedding"))
     log(f"converting {source.name} ({type(source.model).__name__}, {task}) with {config.method}"
         f"{' + distillation' if distilling else ''}{f' for {config.steps} steps' if config.trains else ''}")
-    result = convert_gelu_to_relu(source.model, train, config, data_collator=collate, training_overrides=training_overrides)
+    result = convert_gelu_to_relu(source.model, train, config, data_collator=collate, training_overrides=training_overrides,
+                                  eval_dataset=held_out, checkpoint=source.folder)
+    for name, choice in result.choices.items():
+        log(f"{name.replace('_', ' ')}: {choice}")
+    if result.selection is not None:
+        log(f"returned model: {result.selection.describe()}")
+    elif result.selection_note:
+        log(f"returned model: the fine-tuned one, unchecked ({result.selection_note})")
     comparison = None
-    if evaluation is not None:
-        held_out, eval_collate = _rows(evaluation, source, task, data_collator)
+    if held_out is not None:
         comparison = measure_conversion(source.model, result.model, held_out, task, collate=eval_collate)
         log(f"{comparison.metric}: GELU {comparison.original:.4f} → ReLU {comparison.relu:.4f}")
     return publish(result.model, result.report, output_dir, comparison=comparison,

@@ -37,7 +37,14 @@ class ConversionConfig:
         paper's λ-GELU annealing, then relu_ize), swap_finetune, swap (neither fit nor training).
     steps: optimizer steps of the fine-tune (the trained methods need it; the others ignore it).
     learning_rate, batch_size, seed: of the fine-tune (peak learning rate, linear decay).
-    calibration_batches: batches of the training data the readout fit uses.
+        learning_rate=None chooses it from the checkpoint: 0.3 × the peak rate its own training
+        recorded (training_args.bin, trainer_state.json), else 2e-5 (`hf_kgelu.conversion.defaults`).
+    calibration_batches: batches of the training data the readout fit uses; None draws batches
+        until each readout has 8 rows per unknown of its least-squares fit (or the data ends).
+    keep_better: after a fine-tune, measure the readout fit alone and the fine-tuned model on
+        held-out data (the caller's evaluation data, else `held_out_fraction` of the training rows,
+        at most 512, which then neither calibrate nor train) and return the better one.
+        False trains on all the data and returns the fine-tuned model, as before.
     distill: add distillation from the original model to the task loss; None distils exactly
         where there is no task loss (encoders without a task head). distill_alpha mixes it with
         the task loss; distill_temperature softens both distributions.
@@ -49,10 +56,12 @@ class ConversionConfig:
 
     method: str = "readout_finetune"
     steps: int | None = None
-    learning_rate: float = 3e-4
+    learning_rate: float | None = None
     batch_size: int = 16
     seed: int = 0
-    calibration_batches: int = 8
+    calibration_batches: int | None = None
+    keep_better: bool = True
+    held_out_fraction: float = 0.1
     distill: bool | None = None
     distill_alpha: float = 0.5
     distill_temperature: float = 1.0
@@ -71,9 +80,16 @@ class ConversionConfig:
             if self.steps is None:
                 raise ValueError(f"method {self.method!r} fine-tunes: give steps (a positive number of optimizer steps)")
             _positive_int("steps", self.steps)
-        _finite("learning_rate", self.learning_rate)
+        if self.learning_rate is not None:
+            _finite("learning_rate", self.learning_rate)
         _positive_int("batch_size", self.batch_size)
-        _positive_int("calibration_batches", self.calibration_batches)
+        if self.calibration_batches is not None:
+            _positive_int("calibration_batches", self.calibration_batches)
+        if not isinstance(self.keep_better, bool):
+            raise ValueError(f"keep_better must be True or False, got {self.keep_better!r}")
+        _finite("held_out_fraction", self.held_out_fraction)
+        if self.held_out_fraction >= 1:
+            raise ValueError(f"held_out_fraction must be in (0, 1), got {self.held_out_fraction!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be a whole number, got {self.seed!r}")
         if self.distill is not None and not isinstance(self.distill, bool):

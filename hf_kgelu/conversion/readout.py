@@ -14,6 +14,48 @@ from ..modeling.module import KGELU
 from ..relu import ReluReport, relu_ize
 
 logger = logging.getLogger(__name__)
+MAX_ROWS = 32768  # rows per site the fit uses at most (its Gram matrix costs rows × width²)
+
+
+def _activation_sites(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    kinds = (nn.GELU, KGELU, *gelu_module_classes())
+    sites = [(name, module) for name, module in model.named_modules() if name and isinstance(module, kinds)]
+    if not sites:
+        raise ValueError(f"{type(model).__name__} has no GELU or λ-GELU activation to swap")
+    return sites
+
+
+def _model_inputs(batch: dict, device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v).to(device) for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+
+
+def _masked(x: torch.Tensor, mask: torch.Tensor | None) -> bool:
+    """Whether the fit leaves padding out of the site input `x`: token rows with an attention mask."""
+    return mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape
+
+
+@torch.no_grad()
+def readout_rows(model: nn.Module, batch: dict) -> dict[str, tuple[int, int]]:
+    """{site: (rows, width)}: how many rows one batch gives each activation site's readout fit
+    (padding left out, as `swap_with_readout_correction` leaves it out) and the site's input width."""
+    sites = _activation_sites(model)
+    inputs = _model_inputs(batch, next(model.parameters()).device)
+    mask = inputs.get("attention_mask")
+    counts: dict[str, tuple[int, int]] = {}
+
+    def count(module, args, name):
+        x = args[0]
+        counts[name] = (int(mask.sum()) if _masked(x, mask) else x.numel() // x.shape[-1], x.shape[-1])
+
+    handles = [m.register_forward_pre_hook(lambda m, a, name=name: count(m, a, name)) for name, m in sites]
+    was_training = model.training
+    try:
+        model.eval()(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return counts
 
 
 def _linear_consumers(model: nn.Module, sites: list[tuple[str, nn.Module]], batch: dict) -> dict[str, nn.Module]:
@@ -56,7 +98,7 @@ def _store_weight(layer: nn.Module, weight_in_out: torch.Tensor, bias: torch.Ten
 
 @torch.no_grad()
 def swap_with_readout_correction(
-    model: nn.Module, batches: list[dict], *, mode: str = "least_squares", ridge: float = 1e-2, max_rows: int = 32768,
+    model: nn.Module, batches: list[dict], *, mode: str = "least_squares", ridge: float = 1e-2, max_rows: int = MAX_ROWS,
 ) -> tuple[nn.Module, ReluReport]:
     """Swap every GELU (or λ-GELU) for ReLU and re-fit the linear layer that reads each activation so
     that it reproduces the original layer's output on real data, without any training.
@@ -75,12 +117,9 @@ def swap_with_readout_correction(
     if not batches:
         raise ValueError("readout correction needs at least one batch of real inputs")
     work = copy.deepcopy(model).eval()
-    kinds = (nn.GELU, KGELU, *gelu_module_classes())
-    sites = [(name, module) for name, module in work.named_modules() if name and isinstance(module, kinds)]
-    if not sites:
-        raise ValueError(f"{type(model).__name__} has no GELU or λ-GELU activation to swap")
+    sites = _activation_sites(work)
     device = next(work.parameters()).device
-    batches = [{k: torch.as_tensor(v).to(device) for k, v in b.items() if k in MODEL_INPUT_KEYS} for b in batches]
+    batches = [_model_inputs(b, device) for b in batches]
     consumers = _linear_consumers(work, sites, batches[0])
     unread = [name for name, _ in sites if name not in consumers]
     if len(unread) == len(sites):
@@ -98,7 +137,7 @@ def swap_with_readout_correction(
         def grab(module, inputs):
             x = inputs[0]
             m = mask["m"]
-            x = x[m.bool()] if m is not None and x.dim() == 3 and x.shape[:2] == m.shape else x.reshape(-1, x.shape[-1])
+            x = x[m.bool()] if _masked(x, m) else x.reshape(-1, x.shape[-1])
             if sum(r.shape[0] for r in rows) < max_rows:
                 rows.append(x.detach().double().cpu())
 
