@@ -314,7 +314,7 @@ def _no_site_reason(model: nn.Module, include_gelu: bool) -> str:
     elif include_gelu and unreachable:
         hint = f"its GELUs ({gelus}) are model code that no config activation key builds, so no swap can reach them"
     elif _swap_targets(model, include_gelu=True):
-        hint = "pass include_gelu=True to swap its GELUs directly (the paper's baseline)"
+        hint = "pass include_gelu=True (hf-kgelu relu-ize --include-gelu) to swap its GELUs directly (the paper's baseline)"
     else:
         hint = 'build it with hidden_act="kgelu" (GPT-2: activation_function="kgelu") or convert it with hf_kgelu.convert_to_kgelu'
     return f"{type(model).__name__} has no {kinds} activation site to swap for ReLU: {hint}"

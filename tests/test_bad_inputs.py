@@ -417,7 +417,7 @@ CASES: list[Case] = [
     cli("CLI relu-ize", "a truncated model.safetensors", "relu-ize {cut_weights} --output-dir {out}", "cannot read the weights",
         "damaged"),
     cli("CLI relu-ize", "a GELU checkpoint without --include-gelu", "relu-ize {gelu} --output-dir {out}", "no λ-GELU",
-        "include_gelu"),
+        "--include-gelu"),
     # ---- hf-kgelu relu-ize: the output folder and options
     cli("CLI relu-ize", "a non-empty --output-dir without --overwrite", "relu-ize {kgelu} --output-dir {non_empty}",
         "is not empty", "--overwrite"),
@@ -491,7 +491,7 @@ CASES: list[Case] = [
     cli("CLI analyze", "--data naming a missing file", "analyze {kgelu} --data {missing}", "no such data file or folder"),
     cli("CLI analyze", "--max-batches 0", "analyze {kgelu} --data {text} --max-batches 0", "--max-batches", "at least 1"),
     cli("CLI analyze", "--near-zero 0", "analyze {kgelu} --data {text} --near-zero 0", "--near-zero", "> 0"),
-    cli("CLI demo", "--epochs 0", "demo --epochs 0", "--epochs", "at least 1"),
+    cli("CLI demo", "--epochs 0", "demo --epochs 0", "--epochs", "> 0"),
     cli("CLI demo", "--anneal-start 1", "demo --anneal-start 1", "--anneal-start", "[0, 1)"),
     cli("CLI", "no subcommand", "", "required", "command"),
     # ---- training arguments and the trainer
