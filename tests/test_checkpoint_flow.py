@@ -60,7 +60,7 @@ def test_a_converted_sentence_encoder_keeps_its_pooling_and_normalisation(tmp_pa
     lines = [line.strip() for line in embedded_text().splitlines() if len(line.strip()) > 40][:400]
     (tmp_path / "sentences.txt").write_text("\n".join(lines))
     code = cli_main(["convert", str(get_model_path()), "--budget", "1", "--method", "readout", "--data", str(tmp_path / "sentences.txt"),
-                     "--block-size", "48", "--output-dir", str(tmp_path / "relu")])
+                     "--block-size", "48", "--calibration-batches", "8", "--output-dir", str(tmp_path / "relu")])
     assert code == 0, capsys.readouterr().err
     assert {"modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"} <= {p.name for p in (tmp_path / "relu").iterdir()}
     assert (tmp_path / "relu" / "1_Pooling" / "config.json").is_file()
