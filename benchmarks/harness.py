@@ -394,6 +394,7 @@ class Recorder:
         self.commit = git_commit()
         self.date = utc_now()
         self.rows: list[dict] = []
+        self._saved = 0  # rows already appended (a run saves as it goes: a time box keeps what finished)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, entry: str, argv: Sequence[str] | None = None, **kwargs) -> Recorder:
@@ -412,11 +413,14 @@ class Recorder:
         self.rows.append(row)
 
     def save(self) -> Path | None:
-        """Append the rows to <results>/<kind>.csv (unless --no-save); where they went."""
+        """Append the rows not appended yet to <results>/<kind>.csv (unless --no-save); where they went."""
         if not self.save_rows or not self.rows:
             return None
-        append_rows(self.path, self.rows)
-        print(f"{len(self.rows)} rows appended to {self.path}", flush=True)
+        new = self.rows[self._saved:]
+        if new:
+            append_rows(self.path, new)
+            self._saved = len(self.rows)
+            print(f"{len(new)} rows appended to {self.path}", flush=True)
         return self.path
 
 

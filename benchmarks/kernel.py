@@ -128,19 +128,33 @@ def _clear(tensors):
 
 
 def graphs(fn, param, xs, grads) -> dict[str, object]:
-    """CUDA graphs of the forward and of forward+backward over every input copy."""
-    leaves = _leaves(xs, param)
+    """CUDA graphs of the forward and of forward+backward over every input copy. The backward is
+    `torch.autograd.grad` (the same kernels as `.backward()`): leaves' AccumulateGrad nodes, which
+    remember the stream they were made on, would tie the capture to the legacy stream."""
     out = {}
     for mode in ("fwd", "fwd_bwd"):
         def body(mode=mode):
+            # fresh leaves (views, no kernel) so that every autograd node is made on the capturing stream
+            p = param.detach().requires_grad_(param.requires_grad) if param is not None else None
             for x, g in zip(xs, grads, strict=True):
-                y = fn(x, param)
+                x = x.detach().requires_grad_()
+                y = fn(x, p)
                 if mode == "fwd_bwd":
-                    y.backward(g)
+                    torch.autograd.grad(y, _leaves([x], p), g)
 
-        out[mode] = harness.capture_graph(body, reset=lambda: _clear(leaves))
-    _clear(leaves)
+        out[mode] = harness.capture_graph(body)
     return out
+
+
+def try_graphs(name: str, fn, param, xs, grads) -> dict[str, object]:
+    """`graphs`, or none (with a line saying why) where a variant cannot be captured: the rest of
+    the table still gets its device times."""
+    try:
+        return graphs(fn, param, xs, grads)
+    except RuntimeError as error:
+        torch.cuda.synchronize()
+        print(f"{name}: no CUDA-graph device time ({str(error).splitlines()[0]})", flush=True)
+        return {}
 
 
 def saved_bytes(fn, x, param) -> int:
@@ -201,7 +215,7 @@ def table(args, recorder: harness.Recorder) -> None:
                 xs = inputs.of(v.layout)
                 if not v.compiled:  # CUDA graphs and a compiled function's own capture do not mix here
                     with kernel_config(v.config):
-                        captured = graphs(v.fn, v.param, xs, inputs.grads)
+                        captured = try_graphs(name, v.fn, v.param, xs, inputs.grads)
                     for mode, graph in captured.items():
                         device_cases[(name, f"{mode}_device_us")] = (
                             lambda graph=graph, copies=inputs.copies: harness.replay_ms(graph, args.replays) * 1e3 / copies)
@@ -217,6 +231,7 @@ def table(args, recorder: harness.Recorder) -> None:
                 scale = 1.0 if metric.endswith("device_us") else 1e3  # do_bench gives ms
                 recorder.add("kernel", name, metric, harness.Stats.of(values).scaled(scale), dtype=dname, shape=shape)
             print_table(recorder, dname, shape)
+            recorder.save()  # each size's rows as soon as they are measured
             del inputs, table_, device_cases, call_cases
             torch.cuda.empty_cache()
 
@@ -235,7 +250,7 @@ def print_table(recorder: harness.Recorder, dtype: str, shape: str) -> None:
             return f.get(metric, math.nan)
 
         print(f"{name:20} {get('fwd_device_us'):8.1f} {get('fwd_bwd_device_us'):8.1f} "
-              f"{get('fwd_device_us') / gelu['fwd_device_us']:8.3f} {get('fwd_bwd_device_us') / gelu['fwd_bwd_device_us']:8.3f} "
+              f"{get('fwd_device_us') / gelu.get('fwd_device_us', math.nan):8.3f} {get('fwd_bwd_device_us') / gelu.get('fwd_bwd_device_us', math.nan):8.3f} "
               f"{get('fwd_us'):8.1f} {get('fwd_bwd_us'):8.1f} {get('saved_bytes_per_element'):10.2f} "
               f"{get('peak_bytes_per_element'):9.2f}", flush=True)
 

@@ -279,6 +279,7 @@ def main(argv=None) -> int:
             gaps(args, name, names, recorder)
         else:
             summary[name] = measure(args, name, names, recorder)
+        recorder.save()  # each model's rows as soon as it is done (a time-boxed run keeps them)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
     for name, medians in summary.items():

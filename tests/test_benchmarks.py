@@ -102,6 +102,11 @@ def test_recorder_stamps_command_commit_date_and_appends_to_the_kind_file(tmp_pa
     rows = harness.read_rows(tmp_path / "nvidia-h200.csv")
     assert len(rows) == 2 and rows[1]["p20"] == "" and rows[0]["commit"] == "deadbee"
     assert rows[0]["command"] == "HF_KGELU_KERNEL_CONFIG='{\"fwd_block\": 1024}' python -m benchmarks.kernel --rows 8192"
+    # saving as it goes: a later save appends only the rows added since (a time-boxed run keeps what finished)
+    recorder.save()
+    recorder.add("kernel", "relu", "fwd_device_us", 0.8, dtype="bf16", shape="8192x3072")
+    recorder.save()
+    assert [r["variant"] for r in harness.read_rows(tmp_path / "nvidia-h200.csv")] == ["gelu", "gelu", "relu"]
     monkeypatch.delenv("HF_KGELU_KERNEL_CONFIG")
     assert harness.Recorder("scripts/reproduce.py", [], kind="x", results=tmp_path).command == "python scripts/reproduce.py"
 
