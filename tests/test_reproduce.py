@@ -58,3 +58,37 @@ def test_smoke_preset_end_to_end_from_exported_data(reproduce, tmp_path):
     again = _main(reproduce, *args)  # everything finished: nothing is trained again
     assert "seed 0: best" not in again and md.read_text().count("#### Table I —") == 1
     assert len(list(csv.DictReader(open(results / "cpu-test.csv")))) == 2 * len(rows)  # appended again
+
+
+# What the GPU machine has: this repository copied, not installed, and neither `datasets` nor
+# `evaluate` (the README's device notes). The experiment loop must run there from exported tensors.
+_AS_ON_THE_GPU_MACHINE = """
+import runpy, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]  # not installed
+sys.modules.update(datasets=None, evaluate=None)  # absent: importing them fails
+sys.argv = ["scripts/reproduce.py", *sys.argv[1:]]
+try:
+    runpy.run_path("scripts/reproduce.py", run_name="__main__")
+finally:
+    import hf_kgelu
+    assert hf_kgelu.__file__.startswith(sys.path[1]), hf_kgelu.__file__
+"""
+
+
+def test_runs_from_an_uninstalled_checkout_without_datasets_or_evaluate(reproduce, tmp_path):
+    import shutil
+    import subprocess
+
+    checkout, data, out = tmp_path / "checkout", tmp_path / "data", tmp_path / "out"
+    for folder in ("hf_kgelu", "model_cards", "scripts", "benchmarks"):
+        shutil.copytree(ROOT / folder, checkout / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    _main(reproduce, "--preset", "smoke", "--export-data", str(data))
+    done = subprocess.run(
+        [sys.executable, "-c", _AS_ON_THE_GPU_MACHINE, "--preset", "smoke", "--data-dir", str(data), "--seeds", "0",
+         "--no-grid", "--out", str(out), "--threads", "1", "--max-minutes", "0.001", "--results", str(tmp_path / "rows")],
+        cwd=checkout, env={**__import__("os").environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[1/6] mlp-adult gelu seed 0: best" in done.stdout and "stopping after" in done.stdout
+    assert (out / "runs" / "mlp-adult" / "gelu" / "seed0" / "results.json").is_file()
