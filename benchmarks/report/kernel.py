@@ -105,11 +105,12 @@ def targets_table(res: Results) -> str:
                      [r[0] for r in rows] + [b[0] for b in bases]))
     for (shape, what), rows in groups(res.of("train_step", "train_step_compiled", variant="kgelu", metric="ratio_vs_gelu"),
                                       "shape", "what").items():
-        if shape.startswith("gpt2-small"):
-            value = float(rows[0]["p50"])
-            mode = "compiled" if what.endswith("compiled") else "eager"
-            body.append(([f"GPT-2 small training step ≤ 1.02 × GELU's, {mode}", num(value, 3), "met" if value <= 1.02 else "**not met**"], rows))
-    return "**Targets** (issue 5), from the tables here:\n\n" + table(["target", "measured", ""], body, "lrl") if body else ""
+        compiled = what.endswith("compiled")
+        bound = 1.00 if compiled else 1.02  # the op's issue: eager within 2 %, compiled no slower
+        value = float(rows[0]["p50"])
+        body.append(([f"{shape} training step ≤ {bound:.2f} × GELU's, {'compiled' if compiled else 'eager'}", num(value, 3),
+                      "met" if value <= bound else "**not met**"], rows))
+    return "**Targets**, from the tables here:\n\n" + table(["target", "measured", ""], body, "lrl") if body else ""
 
 
 def section(res: Results) -> str:
