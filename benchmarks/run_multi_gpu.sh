@@ -5,7 +5,8 @@
 # log.txt, launches.jsonl (every launch's result, to redo the rows elsewhere: --compare) and launches.log (the end
 # of every launch's output). Back home:
 #   python -m benchmarks.harness merge OUT/nvidia-h200-x2.csv && python -m benchmarks.report
-# DeepSpeed is not in the GPU image: the wheels in .whl/ (deepspeed built with `pip wheel --no-deps deepspeed`, and
+# DeepSpeed is not in the GPU image: the wheels in .whl/ (deepspeed built here with `DS_BUILD_OPS=0 pip wheel --no-deps
+# --no-build-isolation deepspeed==0.19.8 -w .whl` (its setup imports torch), and
 # hjson, pydantic, pydantic-core, annotated-types, typing-inspection, typing-extensions; carry .whl) go to /tmp/site.
 #   bash benchmarks/run_multi_gpu.sh OUT
 # ENGINES="ddp fsdp" (default: ddp fsdp zero2 zero3) and GPUS="2" (default: 2 1) choose the launches. TOTAL_S (default
