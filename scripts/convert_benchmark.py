@@ -25,17 +25,22 @@ the mean over the seeds, p20 / p80 = mean ∓ std).
     python scripts/convert_benchmark.py --quick --output-dir /tmp/cb                          # smoke test, ≈ 1 min
 
 On a GPU machine without the data (no `datasets`, no Debian data packages, no gt wheel, the
-checkout not installed): export here, run there from the folder (CUDA: bf16 training), merge back:
+checkout not installed): export here, run there from that folder only (CUDA: bf16 autocast), merge back:
 
-    python scripts/convert_benchmark.py --preset gpu --export-data outputs/cb-data   # here: ≈ 130 MB
+    python scripts/convert_benchmark.py --preset gpu --export-data outputs/cb-data   # here: ≈ 15 s, 49 MB
     PYTHONPATH=$PWD HF_HUB_OFFLINE=1 python3 scripts/convert_benchmark.py --preset gpu --data-dir outputs/cb-data \
-        --output-dir outputs/cb-gpu --update-docs --results $OUT --max-minutes 6 --reuse   # repeat until it says "all units done"
+        --output-dir outputs/cb-gpu --reuse --max-minutes 3 --update-docs --results $OUT   # again until "all units done"
+    python -m benchmarks.harness merge DIR/nvidia-h200.csv && python -m benchmarks.report   # here: the rows, docs/results.md
 
-`--preset gpu` (GPT-2 small pretrained 2000 steps × 32 blocks of 256 BPE tokens, ≈ 3 min on one H200
-in bf16; then per seed ≈ 4-5 min of GPT-2 conversions and ≈ 1 min of MiniLM; ≈ 20 min for seeds
-0,1,2) is cut into units (the pretraining, then each part × seed), each saved in --output-dir as it
-finishes: `--reuse` loads the finished ones (when their settings match) and `--max-minutes` starts no
-new unit after that many minutes, so a run fits commands of 10 minutes.
+`--preset gpu`: GPT-2 small pretrained 2000 steps × 32 blocks of 256 BPE tokens (≈ 5 epochs of the
+13 190 training blocks; ≈ 2-3 min on one H200), then per seed ≈ 5 min of GPT-2 conversions (24
+fine-tunes, 2 240 steps, evaluations, the readout fit) and ≈ 1 min of MiniLM: ≈ 20-25 min for seeds
+0,1,2 (estimates from the train-step benchmark's ≈ 60 ms per 8 192-token step, not measured). The
+run is cut into units (each part × seed, the pretraining saved before its first), each saved in
+--output-dir as it finishes: `--reuse` loads the finished ones (same settings, same pretrained model)
+and `--max-minutes` starts no new unit after that many minutes, so the run fits 10-minute commands
+(about four: the pretraining and seed 0, seed 1, seed 2, MiniLM); a command killed mid-unit loses
+only that unit.
 
 Writes results.json and results.md into --output-dir; the tables are rows of the benchmarks' one
 schema (benchmarks/harness.py), and --update-docs appends them to benchmarks/results/<machine
@@ -55,6 +60,7 @@ import platform
 import re
 import sys
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -204,17 +210,26 @@ def head(rows: TensorRows, n: int) -> TensorRows:
 def pretrained(model, folder, steps, lr, batch_size, train, reuse):
     """Pretrain `model` with GELU, seed 0 (or, with --reuse, load the copy a previous run saved in `folder` with the same settings)."""
     config = {k: v for k, v in model.config.to_dict().items() if not k.startswith("_") and k != "transformers_version"}
-    settings = json.dumps({"steps": steps, "lr": lr, "batch_size": batch_size, "examples": len(train), "config": config}, sort_keys=True)
+    settings = json.loads(json.dumps({"steps": steps, "lr": lr, "batch_size": batch_size, "examples": len(train), "config": config}))
     stored = folder / "pretraining.json"
-    if reuse and (folder / "model.safetensors").is_file() and stored.is_file() and stored.read_text() == settings:
+    if reuse and (folder / "model.safetensors").is_file() and stored.is_file() and json.loads(stored.read_text())["settings"] == settings:
         log(f"reusing the pretrained model in {folder}")
         return type(model).from_pretrained(folder, use_safetensors=True).to("cuda" if CUDA else "cpu").eval()
+    stored.unlink(missing_ok=True)
     started = time.perf_counter()
     Trainer(model=model, args=train_args(folder, steps, lr, batch_size), train_dataset=train).train()
     log(f"{type(model).__name__} pretrained: {steps} steps in {time.perf_counter() - started:.0f} s, {len(train)} examples")
     model.save_pretrained(folder)
-    stored.write_text(settings)  # last: marks a finished pretraining
+    # last: marks a finished pretraining; its id ties the units converted from this model to it
+    stored.write_text(json.dumps({"settings": settings, "id": uuid.uuid4().hex}))
     return model.eval()
+
+
+def pretrained_id(out: Path, part: str) -> str | None:
+    """Which pretraining a part's units were converted from (a GPU's pretraining is not bit-reproducible:
+    a unit converted from an earlier, replaced model is not mixed with new ones). MiniLM: None, the wheel's."""
+    stored = out / f"{part}-pretrained" / "pretraining.json"
+    return json.loads(stored.read_text())["id"] if part != "minilm" and stored.is_file() else None
 
 
 def gpt2_part(a, out):
@@ -250,7 +265,8 @@ def deit_part(a, out):
 def minilm_part(a, out):
     path, lines = minilm_files(a)
     tokenizer = BertTokenizerFast.from_pretrained(path)
-    model = BertModel.from_pretrained(path, use_safetensors=True).to("cuda" if CUDA else "cpu").eval()
+    model = BertModel.from_pretrained(path, use_safetensors=True).float()  # exported weights are float16
+    model = model.to("cuda" if CUDA else "cpu").eval()
     held_out, train_lines = lines[-a.minilm_eval:], lines[: a.minilm_train]  # held-out: the end of the docs
     train = [{"text": t} for t in train_lines]
 
@@ -325,7 +341,7 @@ def run_units(a, out: Path, results: dict, started: float) -> int:
     for part, seed in units:
         path = out / "units" / f"{part}-seed{seed}.json"
         saved = json.loads(path.read_text()) if a.reuse and path.is_file() else None
-        if saved is None or saved["settings"] != part_settings(a, part):
+        if saved is None or saved["settings"] != part_settings(a, part) or saved["pretrained"] != pretrained_id(out, part):
             minutes = (time.perf_counter() - started) / 60
             if a.max_minutes is not None and minutes > a.max_minutes:
                 left += 1
@@ -334,7 +350,8 @@ def run_units(a, out: Path, results: dict, started: float) -> int:
                 loaded[part] = PARTS[part](a, out)  # the data, the pretrained model: once per part
             (name, model, train, evaluation, settings), info = loaded[part]
             rows, traces = run_model(name, model, train, evaluation, out=out, seed=seed, **settings)
-            saved = {"settings": part_settings(a, part), "rows": rows, "traces": traces, "info": info}
+            saved = {"settings": part_settings(a, part), "pretrained": pretrained_id(out, part), "rows": rows, "traces": traces,
+                     "info": info}
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(saved, indent=1) + "\n")
         results["rows"] += saved["rows"]

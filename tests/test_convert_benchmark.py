@@ -41,7 +41,7 @@ def test_quick_two_seeds_from_exported_data(convert_benchmark, tmp_path, monkeyp
 
     folder, out, results = tmp_path / "data", tmp_path / "out", tmp_path / "rows"
     _main(convert_benchmark, *SMALL, "--export-data", str(folder))
-    assert {p.name for p in folder.iterdir()} == {"pydocs-bytes.npz", "all-MiniLM-L6-v2", "minilm_sentences.txt"}
+    assert {p.name for p in folder.iterdir()} == {"pydocs-bytes.npz", "all-MiniLM-L6-v2", "minilm_sentences.txt.gz"}
 
     with pytest.raises(SystemExit, match=r"pydocs-bytes\.npz is missing.*--export-data DIR"):
         convert_benchmark.main([*SMALL, "--data-dir", str(tmp_path), "--output-dir", str(out)])
