@@ -375,7 +375,8 @@ def main(argv=None) -> int:
     parser.add_argument("--export-data", default=None, metavar="DIR", help="only write the data the --parts need into DIR")
     parser.add_argument("--data-dir", default=None, help="read every part's data from this --export-data folder only")
     parser.add_argument("--finetune-lr", type=float, default=2e-4, help="peak learning rate of every fine-tune (GPT-2, DeiT)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: on a shared 2-core machine more threads only contend)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default without CUDA: 1, on a shared 2-core machine more threads only contend; with CUDA: torch's)")
     parser.add_argument("--gpt2-tokenizer", choices=("byte", "bpe"), default="byte", help="byte: UTF-8 bytes (vocabulary 256); bpe: GPT-2's 50 257")
     parser.add_argument("--gpt2-chars", type=int, default=3_000_000, help="characters of the docs read (0: all)")
     parser.add_argument("--gpt2-block", type=int, default=64)
@@ -410,7 +411,7 @@ def main(argv=None) -> int:
         export_data(a, Path(a.export_data))
         return 0
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads or (previous_threads if CUDA else 1))  # on a GPU machine the readout fit's solves use the cores
     try:
         return _run(a, argv)
     finally:
