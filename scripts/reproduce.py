@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import hf_kgelu  # noqa: F401  (registers "kgelu" and the MLP)
@@ -49,89 +48,12 @@ from hf_kgelu.presets import deit_config, gpt2_config, mlp_config
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository's benchmarks package (results schema, tables): not installed
 from benchmarks import harness, report  # noqa: E402
+from benchmarks.offline_data import arrays_from_library, load_arrays, save_arrays, to_rows  # noqa: E402
 from benchmarks.report.paper import paper_tables  # noqa: E402
 
 INIT_MODES = ("uniform", "increasing", "decreasing")
 VARIANTS = ("gelu", "relu", "kgelu-uniform", "kgelu-increasing", "kgelu-decreasing", "kgelu-annealed")
 DEFAULT_TAU, DEFAULT_ETA = 0.1, 10.0
-
-
-# ----------------------------------------------------------------------------------------------
-# Data as plain tensors (no `datasets` needed in the experiment loop)
-
-
-class TensorRows(torch.utils.data.Dataset):
-    """Rows of equally long tensors: `ds[i]` is one example dict, `ds[a:b]` a dict of column slices."""
-
-    def __init__(self, **columns: torch.Tensor):
-        lengths = {len(v) for v in columns.values()}
-        if len(lengths) != 1:
-            raise ValueError(f"columns differ in length: { {k: len(v) for k, v in columns.items()} }")
-        self.columns = columns
-        self.length = lengths.pop()
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index):
-        return {key: value[index] for key, value in self.columns.items()}
-
-
-def _arrays_from_library(source: str, sizes: dict) -> dict[str, np.ndarray]:
-    """Numpy arrays of one data source, read through hf_kgelu.data (needs `datasets` and the data packages)."""
-    from hf_kgelu import data
-
-    def columns(split, keys=("pixel_values", "labels")):
-        return {k: np.asarray(split.with_format("numpy")[k]) for k in keys}
-
-    if source == "adult":
-        splits = data.adult_splits()
-        train, test = columns(splits["train"]), columns(splits["validation"])
-    elif source == "fashion":
-        splits = data.fashion_mnist_splits(limit=max(sizes.get("train", 0), sizes.get("eval", 0)) or None)
-        # keep bytes: 4× smaller to carry; exact (the library's scaling is x/127.5 − 1)
-        raw = {name: np.rint((columns(splits[name])["pixel_values"] + 1.0) * 127.5).astype(np.uint8) for name in ("train", "validation")}
-        train = {"pixel_values": raw["train"], "labels": columns(splits["train"])["labels"]}
-        test = {"pixel_values": raw["validation"], "labels": columns(splits["validation"])["labels"]}
-    elif source == "digits":
-        splits = data.digits_splits(seed=0)
-        train, test = columns(splits["train"]), columns(splits["validation"])
-    elif source == "pydocs":
-        tokenizer = data.gpt2_tokenizer()
-        text = data.python_docs_text(max_chars=sizes["chars"])
-        blocks = data.causal_lm_blocks(text, tokenizer, sizes["block"], eval_fraction=0.1, max_tokens=sizes.get("tokens"))
-        train_ids = np.asarray(blocks["train"].with_format("numpy")["input_ids"]).astype(np.int64)
-        test_ids = np.asarray(blocks["validation"].with_format("numpy")["input_ids"]).astype(np.int64)
-        if sizes.get("vocab"):
-            train_ids, test_ids = _compact_vocabulary(train_ids, test_ids, sizes["vocab"])
-        train, test = {"input_ids": train_ids.astype(np.uint16)}, {"input_ids": test_ids.astype(np.uint16)}
-    else:
-        raise ValueError(source)
-    return {**{f"train.{k}": v for k, v in train.items()}, **{f"eval.{k}": v for k, v in test.items()}}
-
-
-def _compact_vocabulary(train_ids: np.ndarray, test_ids: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Renumber GPT-2 BPE ids by frequency in the training text, keeping the `size − 1` most
-    frequent; every other id becomes `size − 1` (unknown). A 50 257-way softmax dominates a
-    small model's cost on a CPU; this keeps the text and the tokenisation, with a smaller head."""
-    counts = np.bincount(train_ids.ravel(), minlength=int(max(train_ids.max(), test_ids.max())) + 1)
-    keep = np.argsort(-counts, kind="stable")[: size - 1]
-    mapping = np.full(len(counts), size - 1, dtype=np.int64)
-    mapping[keep] = np.arange(len(keep))
-    return mapping[train_ids], mapping[test_ids]
-
-
-def _to_rows(arrays: dict[str, np.ndarray], source: str, split: str, limit: int | None) -> TensorRows:
-    cols = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(split + ".")}
-    cols = {k: v[:limit] if limit else v for k, v in cols.items()}
-    if source == "pydocs":
-        ids = torch.from_numpy(cols["input_ids"].astype(np.int64))
-        return TensorRows(input_ids=ids, labels=ids.clone())
-    pixels = cols["pixel_values"]
-    if pixels.dtype == np.uint8:
-        pixels = pixels.astype(np.float32) / 127.5 - 1.0
-    return TensorRows(pixel_values=torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)),
-                      labels=torch.from_numpy(cols["labels"].astype(np.int64)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,12 +204,11 @@ def load_data(setting: Setting, data_dir: Path | None, cache: dict) -> tuple:
     if setting.name in cache:
         return cache[setting.name]
     if data_dir is not None:
-        with np.load(data_dir / f"{setting.source}.npz") as stored:
-            arrays = dict(stored)
+        arrays = load_arrays(data_dir, setting.source, "python scripts/reproduce.py --export-data DIR --preset PRESET")
     else:
-        arrays = _arrays_from_library(setting.source, setting.sizes)
-    train = _to_rows(arrays, setting.source, "train", setting.sizes.get("train"))
-    evaluation = _to_rows(arrays, setting.source, "eval", setting.sizes.get("eval"))
+        arrays = arrays_from_library(setting.source, setting.sizes)
+    train = to_rows(arrays, "train", setting.sizes.get("train"))
+    evaluation = to_rows(arrays, "eval", setting.sizes.get("eval"))
     num_features = None
     if "pixel_values" in train.columns:
         if setting.flatten:
@@ -303,19 +224,17 @@ def load_data(setting: Setting, data_dir: Path | None, cache: dict) -> tuple:
 
 def export_data(settings: list[Setting], folder: Path) -> None:
     """Write each source's arrays (at the preset's sizes) as .npz, for a machine without the data."""
-    folder.mkdir(parents=True, exist_ok=True)
     done = set()
     for setting in settings:
         if setting.source in done:
             continue
         sizes = {k: max(s.sizes.get(k, 0) for s in settings if s.source == setting.source) or None for k in ("train", "eval")}
-        arrays = _arrays_from_library(setting.source, {**setting.sizes, **{k: v for k, v in sizes.items() if v}})
+        arrays = arrays_from_library(setting.source, {**setting.sizes, **{k: v for k, v in sizes.items() if v}})
         for key in list(arrays):
             limit = sizes["train" if key.startswith("train.") else "eval"]
             arrays[key] = arrays[key][:limit] if limit else arrays[key]
-        np.savez_compressed(folder / f"{setting.source}.npz", **arrays)
+        save_arrays(folder, setting.source, arrays)
         done.add(setting.source)
-        print(f"exported {setting.source}: " + ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in arrays.items()), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------

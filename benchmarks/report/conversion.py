@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from benchmarks.report.tables import Index, Results, groups, label, num, short, table, topic
+from benchmarks.report.tables import Index, Results, groups, label, mean_std, num, short, table, topic
 
 RECIPES = {
     "gelu-pretrained": "GELU (pretrained)", "a": "(a) direct swap", "e0": "(e0) readout fit, no training",
@@ -33,7 +33,8 @@ def conversion_tables(res: Results) -> list[str]:
                 value = idx.value(variant, f"{model} | {budget}")
                 control = idx.value("gelu-control", f"{model} | {budget}")
                 relative = f" ({(value / control - 1) * 100:+.2f} %)" if metric == "perplexity" and value and control and variant != "gelu-control" else ""
-                cells.append(num(value, 4) + relative if value is not None else "")
+                # several seeds: mean ± std (p80 = mean + std); one: the value
+                cells.append(mean_std(idx.get(variant, f"{model} | {budget}"), 4) + relative if value is not None else "")
             body.append((cells, vrows))
         better = ("lower is better; percentages against the GELU control at the same budget" if metric == "perplexity"
                   else "higher is better")
