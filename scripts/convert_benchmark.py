@@ -412,15 +412,18 @@ def main(argv=None) -> int:
         return 0
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(a.threads or (previous_threads if CUDA else 1))  # on a GPU machine the readout fit's solves use the cores
+    library_logger = logging.getLogger("hf_kgelu")
+    previous_level = library_logger.level
+    logging.basicConfig(level=logging.WARNING)
+    library_logger.setLevel(logging.ERROR)  # the conversions' per-run notes would drown the table
     try:
         return _run(a, argv)
-    finally:
-        torch.set_num_threads(previous_threads)  # the caller's setting (e.g. a test session's) is theirs
+    finally:  # the caller's settings (e.g. a test session's) are theirs
+        torch.set_num_threads(previous_threads)
+        library_logger.setLevel(previous_level)
 
 
 def _run(a, argv) -> int:
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("hf_kgelu").setLevel(logging.ERROR)
     out = Path(a.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

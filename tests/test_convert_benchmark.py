@@ -25,9 +25,14 @@ def convert_benchmark():
 
 
 def _main(module, *argv):
+    import logging
+
+    level = logging.getLogger("hf_kgelu").level
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert module.main(list(argv)) == 0
+    # the script quiets the library's log while it runs; the caller's level comes back (tests after it read warnings)
+    assert logging.getLogger("hf_kgelu").level == level
     return printed.getvalue()
 
 
