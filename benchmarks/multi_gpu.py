@@ -77,9 +77,9 @@ class ByteBlocks(Dataset):
     """The stdlib pydoc topics as UTF-8 byte blocks (vocabulary 256)."""
 
     def __init__(self, blocks: int, block: int):
-        from pydoc_data.topics import topics
+        from hf_kgelu.data import embedded_text
 
-        data = "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")[: blocks * block]
+        data = embedded_text().encode("utf-8")[: blocks * block]
         self.ids = torch.tensor(list(data)).reshape(blocks, block)
 
     def __len__(self):
