@@ -27,11 +27,6 @@ class TensorRows(torch.utils.data.Dataset):
         return {key: value[index] for key, value in self.columns.items()}
 
 
-def byte_tokenizer(text: str) -> dict:
-    """UTF-8 bytes as token ids (vocabulary 256): a tokenizer that needs no files."""
-    return {"input_ids": list(text.encode("utf-8"))}
-
-
 def arrays_from_library(source: str, sizes: dict) -> dict[str, np.ndarray]:
     """Numpy arrays of one data source, read through hf_kgelu.data (needs `datasets` and the data packages).
 
@@ -55,7 +50,7 @@ def arrays_from_library(source: str, sizes: dict) -> dict[str, np.ndarray]:
         splits = data.digits_splits(seed=0)
         train, test = columns(splits["train"]), columns(splits["validation"])
     elif source == "pydocs":
-        tokenizer = byte_tokenizer if sizes.get("tokenizer") == "byte" else data.gpt2_tokenizer()
+        tokenizer = data.byte_tokenizer if sizes.get("tokenizer") == "byte" else data.gpt2_tokenizer()
         text = data.python_docs_text(max_chars=sizes.get("chars"))
         blocks = data.causal_lm_blocks(text, tokenizer, sizes["block"], eval_fraction=sizes.get("eval_fraction", 0.1),
                                        max_tokens=sizes.get("tokens"))

@@ -177,6 +177,11 @@ def gpt2_tokenizer(folder: str | os.PathLike | None = None):
     return tokenizer
 
 
+def byte_tokenizer(text: str) -> dict:
+    """UTF-8 bytes as token ids (vocabulary 256): a real tokenisation of real text that needs no files."""
+    return {"input_ids": list(text.encode("utf-8"))}
+
+
 def causal_lm_blocks(text: str, tokenizer, block_size: int = 128, eval_fraction: float = 0.1, max_tokens: int | None = None) -> DatasetDict:
     """Tokenise `text` once and cut it into `block_size` blocks; the last `eval_fraction` of the
     blocks (held-out text, not shuffled in) is the validation split."""

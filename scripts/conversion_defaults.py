@@ -34,7 +34,7 @@ from hf_kgelu.conversion import (
     steps_from_budget,
 )
 from hf_kgelu.conversion.selection import split_held_out
-from hf_kgelu.data import LocalData, causal_lm_blocks, embedded_text, python_docs_text
+from hf_kgelu.data import LocalData, byte_tokenizer, causal_lm_blocks, embedded_text, python_docs_text
 from hf_kgelu.metrics import embedding_cosine, evaluate_model
 
 
@@ -97,10 +97,6 @@ def minilm(out: Path, sweep: bool) -> None:
     run("lr 2e-4, the rest default (checked)", train, ConversionConfig(steps=10, learning_rate=2e-4))
 
 
-def _byte_tokens(text: str) -> dict:
-    return {"input_ids": list(text.encode("utf-8"))}
-
-
 def _pretrained(folder: Path, width: int, block: int, steps: int, rate: float, batch: int, train) -> GPT2LMHeadModel:
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=block, n_layer=2, n_embd=width, n_head=2,
@@ -116,8 +112,8 @@ def _pretrained(folder: Path, width: int, block: int, steps: int, rate: float, b
 
 
 def gpt2(out: Path) -> None:
-    tiny_blocks = causal_lm_blocks(embedded_text()[:20000], _byte_tokens, block_size=32, max_tokens=6400)
-    small_blocks = causal_lm_blocks(python_docs_text(max_chars=1_000_000), _byte_tokens, block_size=64, eval_fraction=0.05)
+    tiny_blocks = causal_lm_blocks(embedded_text()[:20000], byte_tokenizer, block_size=32, max_tokens=6400)
+    small_blocks = causal_lm_blocks(python_docs_text(max_chars=1_000_000), byte_tokenizer, block_size=64, eval_fraction=0.05)
     models = {
         "GPT-2 2x32, 40 steps": (_pretrained(out / "gpt2-tiny", 32, 32, 40, 3e-3, 8, tiny_blocks["train"]), tiny_blocks["train"],
                                  tiny_blocks["validation"], 8, ("10%", "25%"), 3e-3),

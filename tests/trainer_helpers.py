@@ -14,17 +14,12 @@ from transformers import (
     TrainerCallback,
 )
 
-from hf_kgelu.data import causal_lm_blocks, digits_splits, embedded_text
+from hf_kgelu.data import byte_tokenizer, causal_lm_blocks, digits_splits, embedded_text
 from hf_kgelu.modeling import trained_sites
 from hf_kgelu.training import KGeluTrainingArguments
 
 BYTE_VOCAB = 256
 BLOCK = 32
-
-
-def byte_tokenizer(text: str) -> dict:
-    """UTF-8 bytes as token ids: a real tokenisation of real text with a 256-entry vocabulary."""
-    return {"input_ids": list(text.encode("utf-8"))}
 
 
 @functools.lru_cache(maxsize=None)

@@ -64,10 +64,9 @@ class Example:
 
 def _byte_blocks(chars: int = TEXT_CHARS):
     """Python documentation text (the stdlib's pydoc topics) as UTF-8 byte tokens, BLOCK-token blocks."""
-    from hf_kgelu.data import causal_lm_blocks, embedded_text
+    from hf_kgelu.data import byte_tokenizer, causal_lm_blocks, embedded_text
 
-    return causal_lm_blocks(embedded_text()[:chars], lambda text: {"input_ids": list(text.encode("utf-8"))},
-                            block_size=BLOCK, eval_fraction=0.1)
+    return causal_lm_blocks(embedded_text()[:chars], byte_tokenizer, block_size=BLOCK, eval_fraction=0.1)
 
 
 def _float64(dataset, rows: int | None = None):
